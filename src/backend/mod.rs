@@ -1,0 +1,1259 @@
+//! Back-end storage through Apache OpenDAL: the only module that names
+//! OpenDAL types.
+//!
+//! It owns operator construction from [`StorageSettings`] (with strict checking
+//! of the service's option keys, see `strict.rs`), the layer stack (retry with
+//! exponential back-off and jitter, per-attempt timeouts, a concurrency limit),
+//! the capability probe, and a small POSIX-oriented surface over the operator:
+//! lookup / list / read / write / streaming writer / mkdir / unlink / rmdir /
+//! rename / set_posix. OpenDAL breaks its API between minor versions, so the
+//! surface is kept small and everything OpenDAL-specific stays in here.
+//!
+//! Object-store mapping (gcsfuse style): the key is the path, `/` separates
+//! directories, a directory is a `dir/` marker object or is implied by any key
+//! under `dir/`, and a directory wins over a file object of the same name. On
+//! services with real directories (`fs`, see [`Caps::native_dirs`]) they are
+//! used directly. POSIX attributes are stored as s3fs-compatible user metadata
+//! (`mode`, `uid`, `gid`, `mtime`, decimal strings) where the service supports
+//! user metadata.
+//!
+//! Paths are relative (`""` is the root), never start or end with `/`; odd
+//! input yields [`ErrorKind::InvalidInput`], never a panic. No error message
+//! carries a credential: messages are built from OpenDAL's message and source
+//! chain and every configured secret value is scrubbed from them.
+
+mod strict;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use opendal::layers::{ConcurrentLimitLayer, RetryLayer, TimeoutLayer};
+use opendal::options::{CopyOptions, ListOptions, ReadOptions, RenameOptions, WriteOptions};
+use opendal::{Capability, Configurator, EntryMode, Operator};
+
+use crate::config::{is_secret_key, BackendSettings, StorageSettings};
+
+/// Kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+/// POSIX attributes persisted as user metadata (s3fs names and encodings).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PosixMeta {
+    /// Full `st_mode` including the file-type bits, as s3fs stores it.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Stored as whole seconds since the epoch.
+    pub mtime: Option<SystemTime>,
+}
+
+impl PosixMeta {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.mtime.is_none()
+    }
+
+    fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        if let Some(m) = self.mode {
+            v.push(("mode".to_string(), m.to_string()));
+        }
+        if let Some(u) = self.uid {
+            v.push(("uid".to_string(), u.to_string()));
+        }
+        if let Some(g) = self.gid {
+            v.push(("gid".to_string(), g.to_string()));
+        }
+        if let Some(t) = self.mtime {
+            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            v.push(("mtime".to_string(), secs.to_string()));
+        }
+        v
+    }
+
+    fn from_metadata(md: &opendal::Metadata) -> PosixMeta {
+        let Some(um) = md.user_metadata() else {
+            return PosixMeta::default();
+        };
+        let num = |k: &str| um.get(k).and_then(|s| s.trim().parse::<u32>().ok());
+        PosixMeta {
+            mode: num("mode"),
+            uid: num("uid"),
+            gid: num("gid"),
+            mtime: um.get("mtime").and_then(parse_mtime),
+        }
+    }
+}
+
+/// s3fs writes integer seconds; accept an optional fractional part too.
+fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (secs, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let secs: u64 = secs.parse().ok()?;
+    let mut nanos: u32 = 0;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let padded = format!("{digits:0<9}");
+        nanos = padded.parse().ok()?;
+    }
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// Metadata of a file or directory.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub kind: EntryKind,
+    /// Content length for files, 0 for directories.
+    pub size: u64,
+    /// Last-modified time reported by the service, if any.
+    pub mtime: Option<SystemTime>,
+    pub etag: Option<String>,
+    /// POSIX attributes from user metadata ([`Backend::lookup`] only; entries
+    /// from [`Backend::list`] carry none because listings do not return them).
+    pub posix: PosixMeta,
+}
+
+impl Meta {
+    fn dir() -> Meta {
+        Meta {
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: None,
+            etag: None,
+            posix: PosixMeta::default(),
+        }
+    }
+
+    fn from_od(md: &opendal::Metadata, kind: EntryKind) -> Meta {
+        Meta {
+            kind,
+            size: if kind == EntryKind::File {
+                md.content_length()
+            } else {
+                0
+            },
+            mtime: md.last_modified().map(SystemTime::from),
+            etag: md.etag().map(str::to_string),
+            posix: PosixMeta::from_metadata(md),
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// One path component.
+    pub name: String,
+    pub meta: Meta,
+}
+
+/// What the service can do, in the terms the file system needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Write with user metadata (POSIX attributes can be persisted).
+    pub user_metadata: bool,
+    /// Server-side rename (else rename is copy + delete).
+    pub native_rename: bool,
+    /// Server-side copy.
+    pub copy: bool,
+    /// Real directories (fs-like): no markers, mkdir/rmdir are native.
+    pub native_dirs: bool,
+    /// Conditional create (`If-None-Match: *`).
+    pub write_if_not_exists: bool,
+    /// Multipart / multi-call streaming upload.
+    pub write_multi: bool,
+    pub read: bool,
+    pub write: bool,
+    pub list: bool,
+    pub delete: bool,
+}
+
+/// Error categories; the vfs maps them to errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    PermissionDenied,
+    AlreadyExists,
+    IsDirectory,
+    NotDirectory,
+    NotEmpty,
+    Unsupported,
+    ConditionNotMatch,
+    RateLimited,
+    InvalidInput,
+    Timeout,
+    Unexpected,
+}
+
+/// A back-end error: a kind plus a one-line message free of secrets.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    msg: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Error {
+        let msg: String = msg.into();
+        let msg = if msg.contains(['\n', '\r']) {
+            msg.split(['\n', '\r'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            msg
+        };
+        Error { kind, msg }
+    }
+
+    /// The message (one line, without the kind).
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?})", self.msg, self.kind)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, msg)
+}
+
+/// Exhaustive mapping of OpenDAL error kinds. Only a definite not-found maps
+/// to `NotFound`; anything unknown is `Unexpected`.
+fn map_kind(e: &opendal::Error) -> ErrorKind {
+    use opendal::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => ErrorKind::NotFound,
+        K::PermissionDenied => ErrorKind::PermissionDenied,
+        K::AlreadyExists => ErrorKind::AlreadyExists,
+        K::IsADirectory => ErrorKind::IsDirectory,
+        K::NotADirectory => ErrorKind::NotDirectory,
+        K::Unsupported => ErrorKind::Unsupported,
+        K::ConditionNotMatch => ErrorKind::ConditionNotMatch,
+        K::RateLimited => ErrorKind::RateLimited,
+        K::ConfigInvalid | K::IsSameFile | K::RangeNotSatisfied => ErrorKind::InvalidInput,
+        K::Conflict => ErrorKind::Unexpected,
+        K::Unexpected => {
+            if let Some(k) = io_kind(e) {
+                k
+            } else if e.message().contains("timeout reached") {
+                // TimeoutLayer reports Unexpected with this message.
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Unexpected
+            }
+        }
+        _ => ErrorKind::Unexpected,
+    }
+}
+
+/// OpenDAL maps most `std::io` errors (ENOTDIR, ENOTEMPTY, ...) to
+/// `Unexpected`; recover the precise kind from the source chain.
+fn io_kind(e: &opendal::Error) -> Option<ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as I;
+            return match io.kind() {
+                I::NotADirectory => Some(ErrorKind::NotDirectory),
+                I::IsADirectory => Some(ErrorKind::IsDirectory),
+                I::DirectoryNotEmpty => Some(ErrorKind::NotEmpty),
+                I::TimedOut => Some(ErrorKind::Timeout),
+                I::InvalidFilename => Some(ErrorKind::InvalidInput),
+                I::ReadOnlyFilesystem => Some(ErrorKind::PermissionDenied),
+                _ => None,
+            };
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Services known to have real directories.
+const NATIVE_DIR_SCHEMES: &[&str] = &[
+    "fs", "hdfs", "hdfs-native", "sftp", "webdav", "ftp", "azdls", "compfs", "monoiofs",
+];
+
+/// Services compiled in with strict option checking. To add a service:
+/// enable its `services-*` feature in Cargo.toml and add a line here.
+struct ServiceDef {
+    scheme: &'static str,
+    /// Required keys, each with the aliases OpenDAL accepts for it.
+    required: &'static [&'static [&'static str]],
+    build: fn(&[(String, String)]) -> std::result::Result<Operator, BuildError>,
+}
+
+const SERVICES: &[ServiceDef] = &[
+    ServiceDef {
+        scheme: "memory",
+        required: &[],
+        build: build_typed::<opendal::services::MemoryConfig>,
+    },
+    ServiceDef {
+        scheme: "fs",
+        required: &[&["root"]],
+        build: build_typed::<opendal::services::FsConfig>,
+    },
+    ServiceDef {
+        scheme: "s3",
+        required: &[&["bucket", "aws_bucket", "aws_bucket_name", "bucket_name"]],
+        build: build_typed::<opendal::services::S3Config>,
+    },
+];
+
+enum BuildError {
+    UnknownKeys(Vec<String>),
+    Invalid(String),
+    OpenDal(opendal::Error),
+}
+
+fn build_typed<C: Configurator>(
+    opts: &[(String, String)],
+) -> std::result::Result<Operator, BuildError> {
+    let (cfg, ignored) = strict::deserialize_strict::<C>(opts);
+    if !ignored.is_empty() {
+        return Err(BuildError::UnknownKeys(ignored));
+    }
+    let cfg = cfg.map_err(BuildError::Invalid)?;
+    Operator::from_config(cfg).map_err(BuildError::OpenDal)
+}
+
+/// Largest range a single writer `copy_from` accepts.
+const MAX_COPY_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// Reads at or beyond this offset are treated as past EOF.
+const MAX_SANE_OFFSET: u64 = i64::MAX as u64;
+/// Chunk size for streaming multipart uploads.
+const WRITER_CHUNK: usize = 8 * 1024 * 1024;
+/// Concurrent part uploads per streaming writer.
+const WRITER_CONCURRENT: usize = 4;
+/// Concurrent HTTP requests per back-end.
+const HTTP_CONCURRENCY: usize = 64;
+/// Concurrent operations per back-end (open readers/writers/listers hold a
+/// permit for their whole life, so this is deliberately large).
+const OP_CONCURRENCY: usize = 1024;
+
+/// A handle to one OpenDAL operator; cheap to clone.
+#[derive(Clone)]
+pub struct Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    op: Operator,
+    scheme: String,
+    cap: Capability,
+    caps: Caps,
+    timeout: Duration,
+    /// Configured credential values, scrubbed from every message.
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("scheme", &self.inner.scheme)
+            .field("caps", &self.inner.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redact_with(secrets: &[String], msg: String) -> String {
+    let mut msg = msg;
+    for s in secrets {
+        if !s.is_empty() && msg.contains(s.as_str()) {
+            msg = msg.replace(s.as_str(), "<redacted>");
+        }
+    }
+    msg
+}
+
+/// One line: OpenDAL's kind, message and source chain (no context: context
+/// may carry request details).
+fn describe(e: &opendal::Error) -> String {
+    let mut s = format!("{} ({})", e.message(), e.kind());
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut depth = 0;
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+        depth += 1;
+        if depth > 4 {
+            break;
+        }
+    }
+    s
+}
+
+fn dir_key(path: &str) -> String {
+    if path.is_empty() {
+        "/".to_string()
+    } else {
+        format!("{path}/")
+    }
+}
+
+fn check_path(path: &str, allow_root: bool) -> Result<()> {
+    if path.is_empty() {
+        return if allow_root {
+            Ok(())
+        } else {
+            Err(invalid("the root is not a valid target for this operation"))
+        };
+    }
+    let bad = path.starts_with('/')
+        || path.ends_with('/')
+        || path.contains('\0')
+        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(invalid(format!("invalid path {path:?}")));
+    }
+    Ok(())
+}
+
+impl Backend {
+    /// Build the operator for `storage` (no network I/O). Unknown schemes,
+    /// unknown option keys and missing required keys are `InvalidInput`
+    /// naming the scheme/key; credential values never appear in messages.
+    pub fn build(storage: &StorageSettings, settings: &BackendSettings) -> Result<Backend> {
+        opendal::init_default_registry();
+        let scheme = storage.service.trim().to_ascii_lowercase();
+        let secrets: Vec<String> = storage
+            .options
+            .iter()
+            .filter(|(k, v)| is_secret_key(k) && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect();
+        let redact = |m: String| redact_with(&secrets, m);
+        let opts: Vec<(String, String)> = storage
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+
+        let op = match SERVICES.iter().find(|d| d.scheme == scheme) {
+            Some(def) => {
+                for alts in def.required {
+                    let present = opts.iter().any(|(k, v)| {
+                        alts.iter().any(|a| k.eq_ignore_ascii_case(a)) && !v.trim().is_empty()
+                    });
+                    if !present {
+                        return Err(invalid(format!("{scheme} requires `{}`", alts[0])));
+                    }
+                }
+                match (def.build)(&opts) {
+                    Ok(op) => op,
+                    Err(BuildError::UnknownKeys(keys)) => {
+                        // Report the key as written by the user.
+                        let keys: Vec<String> = keys
+                            .iter()
+                            .map(|k| {
+                                opts.iter()
+                                    .find(|(o, _)| o.eq_ignore_ascii_case(k))
+                                    .map(|(o, _)| o.clone())
+                                    .unwrap_or_else(|| k.clone())
+                            })
+                            .map(|k| format!("`{k}`"))
+                            .collect();
+                        let noun = if keys.len() == 1 { "key" } else { "keys" };
+                        return Err(invalid(format!(
+                            "unknown {noun} {} for {scheme}",
+                            keys.join(", ")
+                        )));
+                    }
+                    Err(BuildError::Invalid(m)) => {
+                        return Err(invalid(redact(format!("{scheme}: invalid option: {m}"))))
+                    }
+                    Err(BuildError::OpenDal(e)) => {
+                        return Err(invalid(redact(format!("{scheme}: {}", describe(&e)))))
+                    }
+                }
+            }
+            None => {
+                let registered = opendal::OperatorRegistry::get().schemes();
+                if !registered.contains(&scheme) {
+                    let mut known: Vec<&str> = SERVICES.iter().map(|d| d.scheme).collect();
+                    known.sort_unstable();
+                    return Err(invalid(format!(
+                        "unknown storage type `{scheme}` (compiled in: {})",
+                        known.join(", ")
+                    )));
+                }
+                // Registered but without a typed entry above: build through the
+                // registry; option keys cannot be checked strictly.
+                tracing::warn!(
+                    scheme = %scheme,
+                    "storage options for this service are not checked for unknown keys"
+                );
+                Operator::via_iter(&scheme, opts)
+                    .map_err(|e| invalid(redact(format!("{scheme}: {}", describe(&e)))))?
+            }
+        };
+
+        let max_delay = settings.retry_max_delay.max(settings.retry_min_delay);
+        let io_timeout = if settings.io_timeout.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            settings.io_timeout
+        };
+        let timeout = if settings.timeout.is_zero() {
+            Duration::from_secs(60)
+        } else {
+            settings.timeout
+        };
+        // Innermost first: concurrency limit, per-attempt timeout, retry.
+        // The whole-operation bound (`timeout`) is applied around each call.
+        let op = op
+            .layer(ConcurrentLimitLayer::new(OP_CONCURRENCY).with_http_concurrent_limit(HTTP_CONCURRENCY))
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(io_timeout.min(timeout))
+                    .with_io_timeout(io_timeout),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_jitter()
+                    .with_min_delay(settings.retry_min_delay)
+                    .with_max_delay(max_delay)
+                    .with_max_times(settings.retry_max_times),
+            );
+
+        let cap = op.info().capability();
+        let caps = Caps {
+            user_metadata: cap.write_with_user_metadata,
+            native_rename: cap.rename,
+            copy: cap.copy,
+            native_dirs: NATIVE_DIR_SCHEMES.contains(&scheme.as_str()),
+            write_if_not_exists: cap.write_with_if_not_exists,
+            write_multi: cap.write_can_multi,
+            read: cap.read,
+            write: cap.write,
+            list: cap.list,
+            delete: cap.delete,
+        };
+        Ok(Backend {
+            inner: Arc::new(Inner {
+                op,
+                scheme,
+                cap,
+                caps,
+                timeout,
+                secrets,
+            }),
+        })
+    }
+
+    /// Same as [`Backend::build`] from a whole [`crate::config::Config`].
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Backend> {
+        Backend::build(&cfg.storage_settings, &cfg.backend_settings)
+    }
+
+    /// The OpenDAL scheme (`s3`, `fs`, `memory`, ...).
+    pub fn scheme(&self) -> &str {
+        &self.inner.scheme
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.inner.caps
+    }
+
+    fn op(&self) -> &Operator {
+        &self.inner.op
+    }
+
+    /// Convert an OpenDAL error, naming the operation and path.
+    fn err(&self, what: &str, path: &str, e: opendal::Error) -> Error {
+        let msg = format!("{} {what} `{path}`: {}", self.inner.scheme, describe(&e));
+        Error::new(map_kind(&e), redact_with(&self.inner.secrets, msg))
+    }
+
+    /// Bound a whole operation (retries included) by the configured timeout.
+    async fn deadline<T>(
+        &self,
+        what: &str,
+        path: &str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{} {what} `{path}`: timed out after {:?}",
+                    self.inner.scheme, self.inner.timeout
+                ),
+            )),
+        }
+    }
+
+    /// Capability check plus one cheap round trip (list the root, limit 1).
+    pub async fn check(&self) -> Result<()> {
+        let c = &self.inner.cap;
+        let missing: Vec<&str> = [
+            ("read", c.read),
+            ("write", c.write),
+            ("list", c.list),
+            ("delete", c.delete),
+            ("stat", c.stat),
+        ]
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} lacks required capabilities: {}",
+                    self.inner.scheme,
+                    missing.join(", ")
+                ),
+            ));
+        }
+        self.deadline("check", "", async {
+            let opts = ListOptions {
+                limit: Some(1),
+                ..Default::default()
+            };
+            let first = match self.op().lister_options("/", opts).await {
+                Ok(mut l) => l.try_next().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match first {
+                Err(e) if e.kind() != opendal::ErrorKind::NotFound => Err(self.err("check", "", e)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// First entry of a non-recursive listing of `key` (`dir/`), if any.
+    async fn first_entry(&self, key: &str) -> opendal::Result<Option<opendal::Entry>> {
+        let opts = ListOptions {
+            limit: Some(1),
+            ..Default::default()
+        };
+        let mut lister = self.op().lister_options(key, opts).await?;
+        lister.try_next().await
+    }
+
+    async fn probe(&self, path: &str) -> Result<(Meta, Option<opendal::Metadata>)> {
+        if path.is_empty() {
+            return Ok((Meta::dir(), None));
+        }
+        if self.inner.caps.native_dirs {
+            let md = self
+                .op()
+                .stat(path)
+                .await
+                .map_err(|e| self.err("stat", path, e))?;
+            return Ok(if md.is_dir() {
+                (Meta::from_od(&md, EntryKind::Dir), None)
+            } else {
+                (Meta::from_od(&md, EntryKind::File), Some(md))
+            });
+        }
+        let key = dir_key(path);
+        let (head, first) = futures::join!(self.op().stat(path), self.first_entry(&key));
+        match first {
+            Ok(Some(entry)) => {
+                // The directory wins. Its marker (if listed first) gives mtime.
+                let mut meta = Meta::dir();
+                if entry.path() == key {
+                    meta.mtime = entry.metadata().last_modified().map(SystemTime::from);
+                    meta.etag = entry.metadata().etag().map(str::to_string);
+                }
+                return Ok((meta, None));
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.err("list", &key, e)),
+        }
+        match head {
+            Ok(md) if md.is_dir() => Ok((Meta::from_od(&md, EntryKind::Dir), None)),
+            Ok(md) => Ok((Meta::from_od(&md, EntryKind::File), Some(md))),
+            Err(e) => Err(self.err("stat", path, e)),
+        }
+    }
+
+    /// Metadata of `path` (`""` is the root directory). A directory (marker,
+    /// implied by a key below it, or a real directory) wins over a file object
+    /// with the same name. On object stores the HEAD of `path` and a 1-key
+    /// listing of `path/` run concurrently.
+    pub async fn lookup(&self, path: &str) -> Result<Meta> {
+        check_path(path, true)?;
+        self.deadline("lookup", path, async {
+            self.probe(path).await.map(|(m, _)| m)
+        })
+        .await
+    }
+
+    /// Immediate children of `dir`, sorted by name, metadata from the listing
+    /// (no per-entry HEAD, so `posix` is empty). A name present both as file
+    /// and directory is reported once, as a directory. A directory that does
+    /// not exist lists as empty on object stores.
+    pub async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
+        check_path(dir, true)?;
+        let key = dir_key(dir);
+        let prefix = if dir.is_empty() { "" } else { key.as_str() };
+        self.deadline("list", dir, async {
+            let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+            let mut lister = self
+                .op()
+                .lister_options(&key, ListOptions::default())
+                .await
+                .map_err(|e| self.err("list", &key, e))?;
+            while let Some(entry) = lister
+                .try_next()
+                .await
+                .map_err(|e| self.err("list", &key, e))?
+            {
+                let Some(rel) = entry.path().strip_prefix(prefix) else {
+                    continue;
+                };
+                let (name, below) = match rel.split_once('/') {
+                    Some((n, _)) => (n, true),
+                    None => (rel, false),
+                };
+                if name.is_empty() || name == "." || name == ".." {
+                    continue; // the directory's own marker, or an unusable key
+                }
+                let md = entry.metadata();
+                let kind = if below || md.is_dir() {
+                    EntryKind::Dir
+                } else if md.mode() == EntryMode::FILE {
+                    EntryKind::File
+                } else {
+                    continue; // neither file nor directory (socket, fifo, ...)
+                };
+                let mut meta = Meta::from_od(md, kind);
+                meta.posix = PosixMeta::default();
+                match out.get(name) {
+                    Some(existing) if existing.meta.kind == EntryKind::Dir => {}
+                    _ => {
+                        out.insert(
+                            name.to_string(),
+                            Entry {
+                                name: name.to_string(),
+                                meta,
+                            },
+                        );
+                    }
+                }
+            }
+            Ok(out.into_values().collect())
+        })
+        .await
+    }
+
+    /// Read up to `len` bytes at `offset`; short (or empty) at/after EOF.
+    pub async fn read(&self, path: &str, offset: u64, len: u64) -> Result<Bytes> {
+        check_path(path, false)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset.saturating_add(len).min(MAX_SANE_OFFSET);
+        self.deadline("read", path, async {
+            let opts = ReadOptions {
+                range: (offset..end).into(),
+                ..Default::default()
+            };
+            // Offsets beyond i64::MAX are past any real EOF (and make pread
+            // fail with EINVAL): go straight to the size check.
+            if offset < MAX_SANE_OFFSET {
+                match self.op().read_options(path, opts).await {
+                    Ok(buf) => return Ok(buf.to_bytes()),
+                    Err(e) if is_short_read(&e) => {}
+                    Err(e) => return Err(self.err("read", path, e)),
+                }
+            }
+            // The range crosses EOF: clamp to the current size and retry.
+            let md = self
+                .op()
+                .stat(path)
+                .await
+                .map_err(|e| self.err("stat", path, e))?;
+            if md.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::IsDirectory,
+                    format!("{} read `{path}`: is a directory", self.inner.scheme),
+                ));
+            }
+            let size = md.content_length();
+            if offset >= size {
+                return Ok(Bytes::new());
+            }
+            let opts = ReadOptions {
+                range: (offset..end.min(size)).into(),
+                ..Default::default()
+            };
+            self.op()
+                .read_options(path, opts)
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| self.err("read", path, e))
+        })
+        .await
+    }
+
+    fn write_options(&self, posix: &PosixMeta) -> WriteOptions {
+        let mut o = WriteOptions::default();
+        if self.inner.caps.user_metadata && !posix.is_empty() {
+            o.user_metadata = Some(posix.to_pairs().into_iter().collect());
+        }
+        o
+    }
+
+    /// One atomic PUT replacing `path`. POSIX attributes are stored as user
+    /// metadata when the service supports it, silently dropped otherwise.
+    pub async fn write(&self, path: &str, data: Bytes, posix: &PosixMeta) -> Result<()> {
+        check_path(path, false)?;
+        let opts = self.write_options(posix);
+        self.deadline("write", path, async {
+            self.op()
+                .write_options(path, data, opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("write", path, e))
+        })
+        .await
+    }
+
+    /// Streaming upload (multipart on S3, in chunks of at least 8 MiB); the
+    /// object becomes visible at [`ObjectWriter::close`]. Not bounded by the
+    /// whole-operation timeout (each call is bounded by `io_timeout`).
+    pub async fn writer(&self, path: &str, posix: &PosixMeta) -> Result<ObjectWriter> {
+        check_path(path, false)?;
+        let mut opts = self.write_options(posix);
+        let cap = &self.inner.cap;
+        if cap.write_can_multi {
+            if let Some(min) = cap.write_multi_min_size {
+                let mut chunk = WRITER_CHUNK.max(min);
+                if let Some(max) = cap.write_multi_max_size {
+                    chunk = chunk.min(max);
+                }
+                opts.chunk = Some(chunk);
+                opts.concurrent = WRITER_CONCURRENT;
+            }
+        }
+        let w = self
+            .deadline("writer", path, async {
+                self.op()
+                    .writer_options(path, opts)
+                    .await
+                    .map_err(|e| self.err("writer", path, e))
+            })
+            .await?;
+        Ok(ObjectWriter {
+            inner: w,
+            path: path.to_string(),
+            backend: self.clone(),
+        })
+    }
+
+    /// Create a directory: a `path/` marker object on object stores, a real
+    /// (recursive) mkdir on fs. Does not check for an existing entry.
+    pub async fn create_dir(&self, path: &str) -> Result<()> {
+        check_path(path, false)?;
+        let key = dir_key(path);
+        self.deadline("create_dir", path, async {
+            self.op()
+                .create_dir(&key)
+                .await
+                .map_err(|e| self.err("create_dir", &key, e))
+        })
+        .await
+    }
+
+    /// Delete a file; `NotFound` if absent (checked first, since most
+    /// services' delete is idempotent), `IsDirectory` for a real directory.
+    pub async fn delete_file(&self, path: &str) -> Result<()> {
+        check_path(path, false)?;
+        self.deadline("delete_file", path, async {
+            let md = self
+                .op()
+                .stat(path)
+                .await
+                .map_err(|e| self.err("stat", path, e))?;
+            if md.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::IsDirectory,
+                    format!("{} delete `{path}`: is a directory", self.inner.scheme),
+                ));
+            }
+            self.op()
+                .delete(path)
+                .await
+                .map_err(|e| self.err("delete", path, e))
+        })
+        .await
+    }
+
+    /// Remove an empty directory: `NotEmpty` if any key exists under `path/`
+    /// other than its own marker; `NotFound` if neither marker nor children
+    /// exist; `NotDirectory` if `path` is a file.
+    pub async fn remove_dir(&self, path: &str) -> Result<()> {
+        check_path(path, false)?;
+        let key = dir_key(path);
+        self.deadline("remove_dir", path, async {
+            if self.inner.caps.native_dirs {
+                let md = self
+                    .op()
+                    .stat(path)
+                    .await
+                    .map_err(|e| self.err("stat", path, e))?;
+                if !md.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::NotDirectory,
+                        format!("{} rmdir `{path}`: not a directory", self.inner.scheme),
+                    ));
+                }
+            }
+            let opts = ListOptions {
+                limit: Some(2),
+                ..Default::default()
+            };
+            let mut lister = self
+                .op()
+                .lister_options(&key, opts)
+                .await
+                .map_err(|e| self.err("list", &key, e))?;
+            let mut marker = false;
+            for _ in 0..2 {
+                match lister.try_next().await {
+                    Ok(Some(e)) if e.path() == key => marker = true,
+                    Ok(Some(_)) => {
+                        return Err(Error::new(
+                            ErrorKind::NotEmpty,
+                            format!("{} rmdir `{path}`: directory not empty", self.inner.scheme),
+                        ))
+                    }
+                    Ok(None) => break,
+                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => break,
+                    Err(e) => return Err(self.err("list", &key, e)),
+                }
+            }
+            drop(lister);
+            if marker || self.inner.caps.native_dirs {
+                return self
+                    .op()
+                    .delete(&key)
+                    .await
+                    .map_err(|e| self.err("delete", &key, e));
+            }
+            // Nothing under `path/`: a file, or nothing at all.
+            match self.op().stat(path).await {
+                Ok(_) => Err(Error::new(
+                    ErrorKind::NotDirectory,
+                    format!("{} rmdir `{path}`: not a directory", self.inner.scheme),
+                )),
+                Err(e) => Err(self.err("stat", path, e)),
+            }
+        })
+        .await
+    }
+
+    /// Rename a file: native rename when the service has it, else server-side
+    /// copy + delete (or read + write + delete without copy). With
+    /// `noreplace`, `AlreadyExists` if `to` exists: conditional rename/copy/
+    /// write where the service supports it, else a check first (racy).
+    pub async fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
+        check_path(from, false)?;
+        check_path(to, false)?;
+        let exists_err = || {
+            Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} rename to `{to}`: target exists", self.inner.scheme),
+            )
+        };
+        let cond = |e: Error| {
+            if matches!(e.kind, ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) {
+                exists_err()
+            } else {
+                e
+            }
+        };
+        self.deadline("rename", from, async {
+            if from == to {
+                // POSIX: renaming a file onto itself does nothing.
+                let (meta, _) = self.probe(from).await?;
+                if meta.kind == EntryKind::Dir {
+                    return Err(Error::new(
+                        ErrorKind::IsDirectory,
+                        format!("{} rename `{from}`: is a directory", self.inner.scheme),
+                    ));
+                }
+                return if noreplace { Err(exists_err()) } else { Ok(()) };
+            }
+            let cap = &self.inner.cap;
+            let check_first = |native_cond: bool| noreplace && !native_cond;
+
+            if self.inner.caps.native_rename {
+                if check_first(cap.rename_with_if_not_exists) && self.exists(to).await? {
+                    return Err(exists_err());
+                }
+                let opts = RenameOptions {
+                    if_not_exists: noreplace && cap.rename_with_if_not_exists,
+                };
+                return self
+                    .op()
+                    .rename_options(from, to, opts)
+                    .await
+                    .map_err(|e| cond(self.err("rename", from, e)));
+            }
+
+            if self.inner.caps.copy {
+                if check_first(cap.copy_with_if_not_exists) && self.exists(to).await? {
+                    return Err(exists_err());
+                }
+                let opts = CopyOptions {
+                    if_not_exists: noreplace && cap.copy_with_if_not_exists,
+                    ..Default::default()
+                };
+                self.op()
+                    .copy_options(from, to, opts)
+                    .await
+                    .map_err(|e| cond(self.err("copy", from, e)))?;
+            } else {
+                if check_first(cap.write_with_if_not_exists) && self.exists(to).await? {
+                    return Err(exists_err());
+                }
+                let md = self
+                    .op()
+                    .stat(from)
+                    .await
+                    .map_err(|e| self.err("stat", from, e))?;
+                if md.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::IsDirectory,
+                        format!("{} rename `{from}`: is a directory", self.inner.scheme),
+                    ));
+                }
+                let data = self
+                    .op()
+                    .read(from)
+                    .await
+                    .map_err(|e| self.err("read", from, e))?;
+                let mut opts = WriteOptions {
+                    if_not_exists: noreplace && cap.write_with_if_not_exists,
+                    ..Default::default()
+                };
+                if self.inner.caps.user_metadata {
+                    if let Some(um) = md.user_metadata() {
+                        let m: HashMap<String, String> = um
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect();
+                        if !m.is_empty() {
+                            opts.user_metadata = Some(m);
+                        }
+                    }
+                }
+                self.op()
+                    .write_options(to, data, opts)
+                    .await
+                    .map_err(|e| cond(self.err("write", to, e)))?;
+            }
+            self.op()
+                .delete(from)
+                .await
+                .map_err(|e| self.err("delete", from, e))
+        })
+        .await
+    }
+
+    /// Whether a file or directory named `path` exists.
+    async fn exists(&self, path: &str) -> Result<bool> {
+        match self.probe(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Persist mode/uid/gid/mtime (fields that are `None` keep their stored
+    /// value; other user metadata is kept). `Unsupported` without user
+    /// metadata support and for directories. The object is rewritten:
+    /// server-side (multipart upload-part-copy onto itself) where the service
+    /// supports writer-side copy (S3), by a streamed copy to a temporary
+    /// sibling + native rename (fs), else by read + write.
+    pub async fn set_posix(&self, path: &str, posix: &PosixMeta) -> Result<()> {
+        check_path(path, false)?;
+        if !self.inner.caps.user_metadata {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{} does not support user metadata", self.inner.scheme),
+            ));
+        }
+        self.deadline("set_posix", path, async {
+            let (meta, md) = self.probe(path).await?;
+            let Some(md) = md else {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} set_posix `{path}`: not supported on directories",
+                        self.inner.scheme
+                    ),
+                ));
+            };
+            let mut um: HashMap<String, String> = md
+                .user_metadata()
+                .map(|u| {
+                    u.into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            um.extend(posix.to_pairs());
+            let mut opts = WriteOptions {
+                user_metadata: Some(um),
+                ..Default::default()
+            };
+            if let Some(ct) = md.content_type() {
+                opts.content_type = Some(ct.to_string());
+            }
+            let size = meta.size;
+            let cap = &self.inner.cap;
+
+            if cap.write_can_copy_from && size > 0 {
+                return self.copy_into(path, path, size, opts).await;
+            }
+            if self.inner.caps.native_rename && size > 0 {
+                let (parent, name) = match path.rsplit_once('/') {
+                    Some((p, n)) => (format!("{p}/"), n),
+                    None => (String::new(), path),
+                };
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let tmp = format!("{parent}.{name}.ovfs-{nanos}.tmp");
+                if let Err(e) = self.copy_into(path, &tmp, size, opts).await {
+                    let _ = self.op().delete(&tmp).await;
+                    return Err(e);
+                }
+                return self
+                    .op()
+                    .rename(&tmp, path)
+                    .await
+                    .map_err(|e| self.err("rename", &tmp, e));
+            }
+            let data = self
+                .op()
+                .read(path)
+                .await
+                .map_err(|e| self.err("read", path, e))?;
+            self.op()
+                .write_options(path, data, opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("write", path, e))
+        })
+        .await
+    }
+
+    /// Write `to` with `opts` from the bytes `0..size` of `from`, through the
+    /// writer's `copy_from` (native part copy on S3, streamed otherwise).
+    async fn copy_into(&self, from: &str, to: &str, size: u64, opts: WriteOptions) -> Result<()> {
+        let mut w = self
+            .op()
+            .writer_options(to, opts)
+            .await
+            .map_err(|e| self.err("writer", to, e))?;
+        let mut off = 0;
+        while off < size {
+            let end = (off + MAX_COPY_PART).min(size);
+            if let Err(e) = w.copy_from(from, off..end).await {
+                let _ = w.abort().await;
+                return Err(self.err("copy_from", from, e));
+            }
+            off = end;
+        }
+        match w.close().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(self.err("close", to, e))
+            }
+        }
+    }
+}
+
+/// Whether a bounded read failed only because the range crosses EOF.
+fn is_short_read(e: &opendal::Error) -> bool {
+    e.kind() == opendal::ErrorKind::RangeNotSatisfied
+        || (e.kind() == opendal::ErrorKind::Unexpected
+            && e.message().contains("reader got too little data"))
+}
+
+/// A streaming upload; see [`Backend::writer`]. Dropping it without `close`
+/// abandons the upload (an S3 multipart upload is left for the bucket's
+/// lifecycle rules; call `abort` to clean up eagerly).
+pub struct ObjectWriter {
+    inner: opendal::Writer,
+    path: String,
+    backend: Backend,
+}
+
+impl fmt::Debug for ObjectWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectWriter {
+    /// Append `data` to the upload.
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let r = self.inner.write(data).await;
+        r.map_err(|e| self.backend.err("write", &self.path, e))
+    }
+
+    /// Complete the upload; the object becomes visible.
+    pub async fn close(mut self) -> Result<()> {
+        match self.inner.close().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.backend.err("close", &self.path, e);
+                let _ = self.inner.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Abandon the upload and clean up uploaded parts.
+    pub async fn abort(mut self) -> Result<()> {
+        let r = self.inner.abort().await;
+        r.map_err(|e| self.backend.err("abort", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+//! Tests of the back-end surface against the memory and fs services, plus a
+//! real S3 server when `OVFS_TEST_S3_ENDPOINT` is set.
+
+use super::*;
+use std::collections::BTreeMap;
+
+fn settings() -> BackendSettings {
+    BackendSettings {
+        retry_max_times: 1,
+        retry_min_delay: Duration::from_millis(10),
+        retry_max_delay: Duration::from_millis(50),
+        ..BackendSettings::default()
+    }
+}
+
+fn storage(service: &str, opts: &[(&str, &str)]) -> StorageSettings {
+    StorageSettings {
+        service: service.to_string(),
+        options: opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn memory() -> Backend {
+    Backend::build(&storage("memory", &[]), &settings()).expect("memory backend")
+}
+
+fn fs(dir: &tempfile::TempDir) -> Backend {
+    let root = dir.path().join("root");
+    let root = root.to_str().expect("utf-8 temp path");
+    Backend::build(&storage("fs", &[("root", root)]), &settings()).expect("fs backend")
+}
+
+fn kind<T: fmt::Debug>(r: Result<T>) -> ErrorKind {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "one line: {s}");
+            e.kind
+        }
+    }
+}
+
+fn names(entries: &[Entry]) -> Vec<(String, EntryKind)> {
+    entries
+        .iter()
+        .map(|e| (e.name.clone(), e.meta.kind))
+        .collect()
+}
+
+#[test]
+fn build_errors() {
+    let e = Backend::build(&storage("nosuch", &[]), &settings()).expect_err("unknown scheme");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(e.message().contains("`nosuch`"), "{e}");
+
+    let opts = [
+        ("bucket", "b"),
+        ("region", "us-east-1"),
+        ("bukket", "x"),
+        ("secret_access_key", "adminsecret"),
+    ];
+    let e = Backend::build(&storage("s3", &opts), &settings()).expect_err("unknown key");
+    assert_eq!(e.message(), "unknown key `bukket` for s3");
+
+    let e = Backend::build(&storage("s3", &[("region", "r")]), &settings()).expect_err("bucket");
+    assert_eq!(e.message(), "s3 requires `bucket`");
+    let e = Backend::build(&storage("fs", &[]), &settings()).expect_err("root");
+    assert_eq!(e.message(), "fs requires `root`");
+
+    // A value that fails to parse is reported, with secret values scrubbed.
+    let opts = [
+        ("bucket", "b"),
+        ("region", "r"),
+        ("secret_access_key", "adminsecret"),
+        ("enable_virtual_host_style", "adminsecret"),
+    ];
+    let e = Backend::build(&storage("s3", &opts), &settings()).expect_err("bad bool");
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert!(!e.to_string().contains("adminsecret"), "{e}");
+    assert!(!format!("{e:?}").contains("adminsecret"), "{e:?}");
+
+    // Aliases and valid keys are accepted; s3 builds without network.
+    let opts = [
+        ("aws_bucket", "b"),
+        ("region", "us-east-1"),
+        ("endpoint", "http://127.0.0.1:1"),
+        ("access_key_id", "admin"),
+        ("secret_access_key", "adminsecret"),
+    ];
+    let b = Backend::build(&storage("s3", &opts), &settings()).expect("s3 builds");
+    assert_eq!(b.scheme(), "s3");
+    let c = b.caps();
+    assert!(c.user_metadata && c.copy && !c.native_rename && !c.native_dirs && c.write_multi);
+    assert!(!format!("{b:?}").contains("adminsecret"));
+}
+
+#[test]
+fn caps_of_memory_and_fs() {
+    let m = memory().caps();
+    assert!(!m.user_metadata && !m.copy && !m.native_rename && !m.native_dirs);
+    assert!(m.read && m.write && m.list && m.delete && m.write_if_not_exists);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fs(&dir).caps();
+    assert!(f.native_dirs && f.native_rename && f.copy && f.user_metadata);
+}
+
+#[test]
+fn error_kind_mapping() {
+    use opendal::ErrorKind as K;
+    let cases = [
+        (K::NotFound, ErrorKind::NotFound),
+        (K::PermissionDenied, ErrorKind::PermissionDenied),
+        (K::AlreadyExists, ErrorKind::AlreadyExists),
+        (K::IsADirectory, ErrorKind::IsDirectory),
+        (K::NotADirectory, ErrorKind::NotDirectory),
+        (K::Unsupported, ErrorKind::Unsupported),
+        (K::ConditionNotMatch, ErrorKind::ConditionNotMatch),
+        (K::RateLimited, ErrorKind::RateLimited),
+        (K::ConfigInvalid, ErrorKind::InvalidInput),
+        (K::IsSameFile, ErrorKind::InvalidInput),
+        (K::RangeNotSatisfied, ErrorKind::InvalidInput),
+        (K::Conflict, ErrorKind::Unexpected),
+        (K::Unexpected, ErrorKind::Unexpected),
+    ];
+    for (od, want) in cases {
+        assert_eq!(map_kind(&opendal::Error::new(od, "x")), want, "{od:?}");
+    }
+    let t = opendal::Error::new(K::Unexpected, "operation timeout reached");
+    assert_eq!(map_kind(&t), ErrorKind::Timeout);
+    let io = std::io::Error::from(std::io::ErrorKind::DirectoryNotEmpty);
+    let e = opendal::Error::new(K::Unexpected, "x").set_source(io);
+    assert_eq!(map_kind(&e), ErrorKind::NotEmpty);
+    let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    let e = opendal::Error::new(K::Unexpected, "x").set_source(io);
+    assert_eq!(map_kind(&e), ErrorKind::Unexpected);
+}
+
+#[test]
+fn posix_meta_encoding() {
+    let p = PosixMeta {
+        mode: Some(0o100644),
+        uid: Some(1000),
+        gid: Some(100),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+    };
+    let pairs: BTreeMap<String, String> = p.to_pairs().into_iter().collect();
+    assert_eq!(pairs.get("mode").map(String::as_str), Some("33188"));
+    assert_eq!(pairs.get("mtime").map(String::as_str), Some("1700000000"));
+    assert_eq!(
+        parse_mtime("1700000000.5"),
+        Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+    );
+    assert_eq!(parse_mtime("x"), None);
+    assert_eq!(parse_mtime("-1"), None);
+}
+
+/// The behaviour every service must share.
+async fn suite(b: &Backend) {
+    let p = PosixMeta::default();
+    // Invalid paths.
+    for bad in ["/a", "a/", "a//b", "..", "a/./b", "a\0b"] {
+        assert_eq!(kind(b.lookup(bad).await), ErrorKind::InvalidInput, "{bad:?}");
+    }
+    assert_eq!(
+        kind(b.write("", Bytes::new(), &p).await),
+        ErrorKind::InvalidInput
+    );
+
+    // Root, files, dirs, implied dirs, missing.
+    assert_eq!(b.lookup("").await.expect("root").kind, EntryKind::Dir);
+    b.write("f", Bytes::from_static(b"hello"), &p)
+        .await
+        .expect("write f");
+    b.create_dir("d").await.expect("mkdir d");
+    b.write("i/x", Bytes::from_static(b"123"), &p)
+        .await
+        .expect("write i/x");
+    b.write("i/y/z", Bytes::from_static(b"1"), &p)
+        .await
+        .expect("write i/y/z");
+    b.write("e", Bytes::new(), &p).await.expect("empty file");
+    let f = b.lookup("f").await.expect("lookup f");
+    assert_eq!((f.kind, f.size), (EntryKind::File, 5));
+    assert_eq!(b.lookup("d").await.expect("lookup d").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("i").await.expect("lookup i").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("i/y").await.expect("i/y").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("e").await.expect("lookup e").size, 0);
+    assert_eq!(kind(b.lookup("missing").await), ErrorKind::NotFound);
+    assert_eq!(kind(b.lookup("i/missing").await), ErrorKind::NotFound);
+
+    // Listing: sorted, sizes, marker excluded, non-recursive.
+    let root = b.list("").await.expect("list root");
+    assert_eq!(
+        names(&root),
+        vec![
+            ("d".to_string(), EntryKind::Dir),
+            ("e".to_string(), EntryKind::File),
+            ("f".to_string(), EntryKind::File),
+            ("i".to_string(), EntryKind::Dir),
+        ]
+    );
+    let fsize = root.iter().find(|e| e.name == "f").map(|e| e.meta.size);
+    assert_eq!(fsize, Some(5));
+    assert!(b.list("d").await.expect("list d").is_empty());
+    let i = b.list("i").await.expect("list i");
+    assert_eq!(
+        names(&i),
+        vec![
+            ("x".to_string(), EntryKind::File),
+            ("y".to_string(), EntryKind::Dir)
+        ]
+    );
+    assert_eq!(i[0].meta.size, 3);
+
+    // Reads, including past EOF.
+    let rd = |off, len| b.read("f", off, len);
+    assert_eq!(rd(0, 5).await.expect("r"), Bytes::from_static(b"hello"));
+    assert_eq!(rd(1, 2).await.expect("r"), Bytes::from_static(b"el"));
+    assert_eq!(rd(3, 10).await.expect("r"), Bytes::from_static(b"lo"));
+    assert!(rd(5, 1).await.expect("at EOF").is_empty());
+    assert!(rd(100, 10).await.expect("past EOF").is_empty());
+    assert!(rd(0, 0).await.expect("zero").is_empty());
+    assert!(rd(u64::MAX - 1, 10).await.expect("huge offset").is_empty());
+    assert!(b.read("e", 0, 10).await.expect("empty").is_empty());
+    assert_eq!(kind(b.read("missing", 0, 1).await), ErrorKind::NotFound);
+
+    // Streaming writer round trip and abort.
+    let mut w = b.writer("w", &p).await.expect("writer");
+    for part in [&b"ab"[..], b"", b"cd", b"e"] {
+        w.write(Bytes::copy_from_slice(part)).await.expect("w.write");
+    }
+    w.close().await.expect("close");
+    assert_eq!(
+        b.read("w", 0, 100).await.expect("read w"),
+        Bytes::from_static(b"abcde")
+    );
+    let w = b.writer("aborted", &p).await.expect("writer");
+    w.abort().await.expect("abort");
+    assert_eq!(kind(b.lookup("aborted").await), ErrorKind::NotFound);
+
+    // rmdir.
+    assert_eq!(kind(b.remove_dir("i").await), ErrorKind::NotEmpty);
+    assert_eq!(kind(b.remove_dir("f").await), ErrorKind::NotDirectory);
+    assert_eq!(kind(b.remove_dir("nodir").await), ErrorKind::NotFound);
+    b.remove_dir("d").await.expect("rmdir d");
+    assert_eq!(kind(b.lookup("d").await), ErrorKind::NotFound);
+
+    // unlink.
+    assert_eq!(kind(b.delete_file("nope").await), ErrorKind::NotFound);
+    b.delete_file("i/y/z").await.expect("rm i/y/z");
+    b.delete_file("i/x").await.expect("rm i/x");
+    if b.caps().native_dirs {
+        // Real directories stay until removed.
+        b.remove_dir("i/y").await.expect("rmdir i/y");
+        b.remove_dir("i").await.expect("rmdir i");
+    } else {
+        // Implied directories vanish with their last key.
+        assert_eq!(kind(b.remove_dir("i").await), ErrorKind::NotFound);
+    }
+    assert_eq!(kind(b.lookup("i").await), ErrorKind::NotFound);
+
+    // rename, with and without noreplace.
+    b.rename_file("f", "g", false).await.expect("rename f g");
+    assert_eq!(kind(b.lookup("f").await), ErrorKind::NotFound);
+    assert_eq!(b.lookup("g").await.expect("g").size, 5);
+    b.write("h", Bytes::from_static(b"old"), &p)
+        .await
+        .expect("write h");
+    assert_eq!(
+        kind(b.rename_file("g", "h", true).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(b.lookup("g").await.expect("g still there").size, 5);
+    b.rename_file("g", "h", false).await.expect("replace h");
+    assert_eq!(
+        b.read("h", 0, 10).await.expect("h"),
+        Bytes::from_static(b"hello")
+    );
+    b.rename_file("h", "sub/h2", true)
+        .await
+        .expect("rename into subdir");
+    assert_eq!(b.lookup("sub/h2").await.expect("h2").size, 5);
+    b.rename_file("sub/h2", "sub/h2", false)
+        .await
+        .expect("rename onto itself");
+    assert_eq!(
+        kind(b.rename_file("sub/h2", "sub/h2", true).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(b.rename_file("missing", "x", false).await),
+        ErrorKind::NotFound
+    );
+    b.delete_file("sub/h2").await.expect("rm h2");
+    b.delete_file("h").await.err();
+    assert_eq!(kind(b.delete_file("h").await), ErrorKind::NotFound);
+
+    b.check().await.expect("check");
+}
+
+#[tokio::test]
+async fn memory_suite() {
+    suite(&memory()).await;
+}
+
+#[tokio::test]
+async fn fs_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    suite(&fs(&dir)).await;
+}
+
+#[tokio::test]
+async fn memory_dir_wins_and_dedup() {
+    let b = memory();
+    let p = PosixMeta::default();
+    b.write("a", Bytes::from_static(b"file"), &p)
+        .await
+        .expect("write a");
+    b.create_dir("a").await.expect("mkdir a");
+    b.write("b", Bytes::from_static(b"file"), &p)
+        .await
+        .expect("write b");
+    b.write("b/c", Bytes::from_static(b"x"), &p)
+        .await
+        .expect("write b/c");
+    assert_eq!(b.lookup("a").await.expect("a").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("b").await.expect("b").kind, EntryKind::Dir);
+    let l = b.list("").await.expect("list");
+    assert_eq!(
+        names(&l),
+        vec![
+            ("a".to_string(), EntryKind::Dir),
+            ("b".to_string(), EntryKind::Dir)
+        ]
+    );
+    assert!(b.list("a").await.expect("list a").is_empty());
+    // Memory keeps no user metadata: dropped on write, refused by set_posix.
+    let posix = PosixMeta {
+        mode: Some(0o100600),
+        ..Default::default()
+    };
+    b.write("m", Bytes::from_static(b"m"), &posix)
+        .await
+        .expect("write m");
+    assert_eq!(b.lookup("m").await.expect("m").posix, PosixMeta::default());
+    assert_eq!(
+        kind(b.set_posix("m", &posix).await),
+        ErrorKind::Unsupported
+    );
+}
+
+#[tokio::test]
+async fn fs_posix_metadata() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = fs(&dir);
+    let posix = PosixMeta {
+        mode: Some(0o100640),
+        uid: Some(1000),
+        gid: Some(1001),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+    };
+    b.write("p", Bytes::from_static(b"data"), &posix)
+        .await
+        .expect("write p");
+    let m = b.lookup("p").await.expect("lookup p");
+    assert_eq!(m.posix, posix);
+    let newer = PosixMeta {
+        mode: Some(0o100600),
+        ..Default::default()
+    };
+    b.set_posix("p", &newer).await.expect("set_posix");
+    let m = b.lookup("p").await.expect("lookup p");
+    assert_eq!(m.posix.mode, Some(0o100600));
+    assert_eq!(m.posix.uid, Some(1000), "unset fields are kept");
+    assert_eq!(
+        b.read("p", 0, 10).await.expect("read"),
+        Bytes::from_static(b"data")
+    );
+    let names: Vec<String> = b
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["p".to_string()], "no temporary file left");
+    b.create_dir("dd").await.expect("mkdir");
+    assert_eq!(
+        kind(b.set_posix("dd", &newer).await),
+        ErrorKind::Unsupported
+    );
+    // Writing a file onto a directory is refused with a precise kind.
+    let r = b.write("dd", Bytes::from_static(b"x"), &PosixMeta::default()).await;
+    assert_ne!(kind(r), ErrorKind::NotFound);
+}
+
+/// Real S3 server, only when `OVFS_TEST_S3_ENDPOINT` is set.
+#[tokio::test]
+async fn s3_real_server() {
+    let Ok(endpoint) = std::env::var("OVFS_TEST_S3_ENDPOINT") else {
+        eprintln!("OVFS_TEST_S3_ENDPOINT not set; skipping");
+        return;
+    };
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let bucket = var("OVFS_TEST_S3_BUCKET", "test");
+    let ak = var("OVFS_TEST_S3_ACCESS_KEY_ID", "");
+    let sk = var("OVFS_TEST_S3_SECRET_ACCESS_KEY", "");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let root = format!("/ovfs-test-{nanos}/");
+    let opts = [
+        ("bucket", bucket.as_str()),
+        ("region", "us-east-1"),
+        ("endpoint", endpoint.as_str()),
+        ("access_key_id", ak.as_str()),
+        ("secret_access_key", sk.as_str()),
+        ("root", root.as_str()),
+    ];
+    let b = Backend::build(&storage("s3", &opts), &settings()).expect("s3 backend");
+    b.check().await.expect("reachable");
+
+    suite(&b).await;
+
+    // User metadata round trip and set_posix (small object).
+    let posix = PosixMeta {
+        mode: Some(0o100644),
+        uid: Some(1000),
+        gid: Some(1000),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_650_000_000)),
+    };
+    b.write("meta", Bytes::from_static(b"payload"), &posix)
+        .await
+        .expect("write meta");
+    assert_eq!(b.lookup("meta").await.expect("meta").posix, posix);
+    let chmod = PosixMeta {
+        mode: Some(0o100600),
+        ..Default::default()
+    };
+    b.set_posix("meta", &chmod).await.expect("set_posix small");
+    let m = b.lookup("meta").await.expect("meta");
+    assert_eq!(m.posix.mode, Some(0o100600));
+    assert_eq!(m.posix.uid, Some(1000));
+    assert_eq!(m.size, 7);
+    assert_eq!(
+        b.read("meta", 0, 100).await.expect("read meta"),
+        Bytes::from_static(b"payload")
+    );
+    // Metadata survives a rename (server-side copy).
+    b.rename_file("meta", "meta2", true).await.expect("rename");
+    assert_eq!(b.lookup("meta2").await.expect("meta2").posix.mode, Some(0o100600));
+
+    // Markers and implied directories; directory wins over a same-name file.
+    b.create_dir("mk").await.expect("mkdir");
+    b.write("imp/deep/x", Bytes::from_static(b"x"), &PosixMeta::default())
+        .await
+        .expect("write");
+    b.write("mk", Bytes::from_static(b"shadow"), &PosixMeta::default())
+        .await
+        .expect("write shadow");
+    assert_eq!(b.lookup("mk").await.expect("mk").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("imp").await.expect("imp").kind, EntryKind::Dir);
+    assert_eq!(b.lookup("imp/deep").await.expect("deep").kind, EntryKind::Dir);
+    let l = b.list("").await.expect("list");
+    assert_eq!(
+        names(&l),
+        vec![
+            ("imp".to_string(), EntryKind::Dir),
+            ("meta2".to_string(), EntryKind::File),
+            ("mk".to_string(), EntryKind::Dir),
+        ]
+    );
+    assert!(b.list("mk").await.expect("list mk").is_empty());
+    assert_eq!(kind(b.remove_dir("imp").await), ErrorKind::NotEmpty);
+    b.remove_dir("mk").await.expect("rmdir mk");
+    assert_eq!(b.lookup("mk").await.expect("shadow file").kind, EntryKind::File);
+
+    // Multipart streaming upload (> 16 MiB), visible only at close.
+    const MIB: usize = 1024 * 1024;
+    let total = 17 * MIB + 123;
+    let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let mut w = b.writer("big", &posix).await.expect("writer");
+    for chunk in data.chunks(MIB) {
+        w.write(Bytes::copy_from_slice(chunk)).await.expect("write chunk");
+    }
+    assert_eq!(kind(b.lookup("big").await), ErrorKind::NotFound, "invisible before close");
+    w.close().await.expect("complete");
+    let m = b.lookup("big").await.expect("big");
+    assert_eq!(m.size, total as u64);
+    assert_eq!(m.posix.uid, Some(1000));
+    let tail = b.read("big", (total - 200) as u64, 1000).await.expect("tail");
+    assert_eq!(&tail[..], &data[total - 200..]);
+    // Server-side metadata rewrite of the big object.
+    b.set_posix("big", &chmod).await.expect("set_posix big");
+    let m = b.lookup("big").await.expect("big");
+    assert_eq!((m.size, m.posix.mode), (total as u64, Some(0o100600)));
+    let mid = b.read("big", (9 * MIB) as u64, 64).await.expect("mid");
+    assert_eq!(&mid[..], &data[9 * MIB..9 * MIB + 64]);
+
+    // Clean up the test prefix.
+    let opts = opendal::options::DeleteOptions {
+        recursive: true,
+        ..Default::default()
+    };
+    let _ = b.inner.op.delete_options("/", opts).await;
+}

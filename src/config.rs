@@ -1,0 +1,756 @@
+//! TOML configuration: parsing, defaults and validation, done once at start-up.
+//!
+//! The file has four sections, all optional:
+//!
+//! - `[socket_settings]`: vhost-user socket path, virtio-fs tag, queue count;
+//! - `[cache_settings]`: data cache switches and attribute/entry TTLs;
+//! - `[storage_settings]`: `type = "<OpenDAL scheme>"` plus the service's own
+//!   OpenDAL option keys, passed through unchanged (TOML booleans and numbers
+//!   are stringified). **If the section is absent the in-memory back-end is
+//!   used** (handy for tests; nothing persists);
+//! - `[backend_settings]`: retry/timeout policy and the POSIX defaults shown
+//!   for objects that carry no mode/uid/gid metadata.
+//!
+//! Unknown sections and keys are refused, and so are keys the selected OpenDAL
+//! service does not know (checked by [`crate::backend::Backend::build`], which
+//! also builds the operator, without network I/O, as the last validation
+//! step). Every [`ConfigError`] is one line naming the section/key, and never
+//! contains the value of a credential key (see [`is_secret_key`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Value;
+
+/// Maximum length of the virtio-fs tag (bytes), as defined by the virtio spec.
+pub const MAX_TAG_LEN: usize = 36;
+/// Maximum number of request queues accepted.
+pub const MAX_REQUEST_QUEUES: usize = 16;
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub socket_settings: SocketSettings,
+    pub cache_settings: CacheSettings,
+    pub storage_settings: StorageSettings,
+    pub backend_settings: BackendSettings,
+}
+
+/// `[socket_settings]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// vhost-user socket path; `None` when the command line supplies it.
+    pub socket_path: Option<PathBuf>,
+    /// virtio-fs tag, 1..=36 bytes.
+    pub tag: Option<String>,
+    /// Number of request queues, 1..=16.
+    pub num_request_queues: Option<usize>,
+}
+
+/// `[cache_settings]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub enabled_cache: bool,
+    pub enabled_cache_write_back: bool,
+    pub enabled_cache_expiration: bool,
+    /// Data cache TTL (humantime string such as `"60s"`, or integer seconds).
+    pub cache_expiration_time: Duration,
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub negative_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled_cache: true,
+            enabled_cache_write_back: false,
+            enabled_cache_expiration: true,
+            cache_expiration_time: Duration::from_secs(60),
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(0),
+        }
+    }
+}
+
+/// `[storage_settings]`: the OpenDAL service and its options.
+///
+/// `Debug` redacts the values of credential keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// OpenDAL scheme (`memory`, `fs`, `s3`, ...), from the key `type`.
+    pub service: String,
+    /// Every other key, with its OpenDAL name, value stringified.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            service: "memory".to_string(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Redacted<'a>(&'a BTreeMap<String, String>);
+        impl fmt::Debug for Redacted<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        let v: &str = if is_secret_key(k) { "<redacted>" } else { v };
+                        (k, v)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("StorageSettings")
+            .field("service", &self.service)
+            .field("options", &Redacted(&self.options))
+            .finish()
+    }
+}
+
+/// `[backend_settings]`: how the OpenDAL operator is wrapped, and POSIX
+/// defaults for objects without metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSettings {
+    /// Bound on a whole back-end operation (including retries).
+    pub timeout: Duration,
+    /// Bound on each IO step (one read/write/list call on a body).
+    pub io_timeout: Duration,
+    pub retry_max_times: usize,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Permission bits (no type bits), `"0644"` or an integer such as `0o644`.
+    pub default_file_mode: u32,
+    pub default_dir_mode: u32,
+    pub default_uid: u32,
+    pub default_gid: u32,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        BackendSettings {
+            timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(30),
+            retry_max_times: 3,
+            retry_min_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            default_file_mode: 0o644,
+            default_dir_mode: 0o755,
+            default_uid: 0,
+            default_gid: 0,
+        }
+    }
+}
+
+/// A configuration error: one line, naming the section/key, no secret values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(msg: impl Into<String>) -> Self {
+        // Always one line.
+        let msg: String = msg.into();
+        let one_line = msg
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConfigError(one_line)
+    }
+
+    /// The message without the `config: ` prefix.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config: {}", self.0)
+    }
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConfigError({:?})", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Whether a storage option key holds a credential whose value must never be
+/// shown: any key containing `secret`, `token`, `password`, `credential` or
+/// `key` (e.g. `access_key_id`, `sse_customer_key`, `account_key`).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "token", "password", "credential", "key", "passwd", "auth"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::default_memory()
+    }
+}
+
+impl Config {
+    /// Read and [`parse`](Config::parse) a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate a TOML document, including the storage options
+    /// against the selected OpenDAL service (builds the operator, no I/O
+    /// beyond what the service's builder does locally, e.g. `fs` creates its
+    /// root directory).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg = Config::parse_unchecked(text)?;
+        crate::backend::Backend::build(&cfg.storage_settings, &cfg.backend_settings).map_err(
+            |e| {
+                ConfigError::new(format!(
+                    "[storage_settings] {}: {}",
+                    cfg.storage_settings.service,
+                    e.message()
+                ))
+            },
+        )?;
+        Ok(cfg)
+    }
+
+    /// Embedded default: memory back-end, defaults everywhere, no socket path.
+    pub fn default_memory() -> Config {
+        Config {
+            socket_settings: SocketSettings::default(),
+            cache_settings: CacheSettings::default(),
+            storage_settings: StorageSettings::default(),
+            backend_settings: BackendSettings::default(),
+        }
+    }
+
+    /// Syntax, types and ranges; storage keys are only checked by `parse`.
+    fn parse_unchecked(text: &str) -> Result<Config, ConfigError> {
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(l) => ConfigError::new(format!("line {l}: {}", e.message())),
+                None => ConfigError::new(e.message().to_string()),
+            }
+        })?;
+
+        let mut cfg = Config::default_memory();
+        for (section, value) in doc {
+            let table = match value {
+                Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "`{section}` must be a section ([{section}])"
+                    )))
+                }
+            };
+            match section.as_str() {
+                "socket_settings" => cfg.socket_settings = parse_socket(table)?,
+                "cache_settings" => cfg.cache_settings = parse_cache(table)?,
+                "storage_settings" => cfg.storage_settings = parse_storage(table)?,
+                "backend_settings" => cfg.backend_settings = parse_backend(table)?,
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings)"
+                    )))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn unknown_key(section: &str, key: &str) -> ConfigError {
+    ConfigError::new(format!("unknown key `{key}` in [{section}]"))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+fn wrong_type(section: &str, key: &str, want: &str, v: &Value) -> ConfigError {
+    ConfigError::new(format!(
+        "{section}.{key}: expected {want}, found {}",
+        type_name(v)
+    ))
+}
+
+fn get_bool(section: &str, key: &str, v: &Value) -> Result<bool, ConfigError> {
+    v.as_bool()
+        .ok_or_else(|| wrong_type(section, key, "a boolean", v))
+}
+
+fn get_u64(section: &str, key: &str, v: &Value) -> Result<u64, ConfigError> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).map_err(|_| {
+            ConfigError::new(format!("{section}.{key}: must not be negative, got {i}"))
+        }),
+        _ => Err(wrong_type(section, key, "an integer", v)),
+    }
+}
+
+fn get_u32(section: &str, key: &str, v: &Value) -> Result<u32, ConfigError> {
+    let n = get_u64(section, key, v)?;
+    u32::try_from(n)
+        .map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
+}
+
+fn get_usize(section: &str, key: &str, v: &Value) -> Result<usize, ConfigError> {
+    let n = get_u64(section, key, v)?;
+    usize::try_from(n)
+        .map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
+}
+
+fn get_string(section: &str, key: &str, v: &Value) -> Result<String, ConfigError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| wrong_type(section, key, "a string", v))
+}
+
+/// A humantime string (`"60s"`, `"1m 30s"`, `"250ms"`) or integer seconds.
+fn get_duration(section: &str, key: &str, v: &Value) -> Result<Duration, ConfigError> {
+    match v {
+        Value::String(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+            ConfigError::new(format!("{section}.{key}: invalid duration {s:?}"))
+        }),
+        Value::Integer(_) => Ok(Duration::from_secs(get_u64(section, key, v)?)),
+        _ => Err(wrong_type(
+            section,
+            key,
+            "a duration string such as \"60s\"",
+            v,
+        )),
+    }
+}
+
+/// Permission bits: a string in octal (`"0644"`, `"644"`, `"0o644"`) or an
+/// integer taken literally (write `0o644` in TOML for octal).
+fn get_mode(section: &str, key: &str, v: &Value) -> Result<u32, ConfigError> {
+    let mode = match v {
+        Value::String(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix("0o").unwrap_or(t);
+            if digits.is_empty() {
+                return Err(ConfigError::new(format!(
+                    "{section}.{key}: invalid octal mode {s:?}"
+                )));
+            }
+            u32::from_str_radix(digits, 8).map_err(|_| {
+                ConfigError::new(format!("{section}.{key}: invalid octal mode {s:?}"))
+            })?
+        }
+        Value::Integer(_) => get_u32(section, key, v)?,
+        _ => return Err(wrong_type(section, key, "an octal mode string such as \"0644\"", v)),
+    };
+    if mode > 0o7777 {
+        return Err(ConfigError::new(format!(
+            "{section}.{key}: mode {mode:#o} has bits outside 0o7777"
+        )));
+    }
+    Ok(mode)
+}
+
+fn parse_socket(t: toml::Table) -> Result<SocketSettings, ConfigError> {
+    const S: &str = "socket_settings";
+    let mut s = SocketSettings::default();
+    for (k, v) in &t {
+        match k.as_str() {
+            "socket_path" => {
+                let p = get_string(S, k, v)?;
+                if p.is_empty() {
+                    return Err(ConfigError::new(format!("{S}.{k}: must not be empty")));
+                }
+                s.socket_path = Some(PathBuf::from(p));
+            }
+            "tag" => {
+                let tag = get_string(S, k, v)?;
+                if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+                    return Err(ConfigError::new(format!(
+                        "{S}.{k}: must be 1..={MAX_TAG_LEN} bytes, got {}",
+                        tag.len()
+                    )));
+                }
+                s.tag = Some(tag);
+            }
+            "num_request_queues" => {
+                let n = get_usize(S, k, v)?;
+                if !(1..=MAX_REQUEST_QUEUES).contains(&n) {
+                    return Err(ConfigError::new(format!(
+                        "{S}.{k}: must be 1..={MAX_REQUEST_QUEUES}, got {n}"
+                    )));
+                }
+                s.num_request_queues = Some(n);
+            }
+            _ => return Err(unknown_key(S, k)),
+        }
+    }
+    Ok(s)
+}
+
+fn parse_cache(t: toml::Table) -> Result<CacheSettings, ConfigError> {
+    const S: &str = "cache_settings";
+    let mut c = CacheSettings::default();
+    for (k, v) in &t {
+        match k.as_str() {
+            "enabled_cache" => c.enabled_cache = get_bool(S, k, v)?,
+            "enabled_cache_write_back" => c.enabled_cache_write_back = get_bool(S, k, v)?,
+            "enabled_cache_expiration" => c.enabled_cache_expiration = get_bool(S, k, v)?,
+            "cache_expiration_time" => c.cache_expiration_time = get_duration(S, k, v)?,
+            "attr_timeout" => c.attr_timeout = get_duration(S, k, v)?,
+            "entry_timeout" => c.entry_timeout = get_duration(S, k, v)?,
+            "negative_timeout" => c.negative_timeout = get_duration(S, k, v)?,
+            _ => return Err(unknown_key(S, k)),
+        }
+    }
+    Ok(c)
+}
+
+fn parse_storage(t: toml::Table) -> Result<StorageSettings, ConfigError> {
+    const S: &str = "storage_settings";
+    let mut service = None;
+    let mut options = BTreeMap::new();
+    for (k, v) in &t {
+        if k == "type" {
+            let ty = get_string(S, k, v)?;
+            if ty.trim().is_empty() {
+                return Err(ConfigError::new(format!("{S}.type: must not be empty")));
+            }
+            service = Some(ty.trim().to_ascii_lowercase());
+            continue;
+        }
+        // Never echo the value: it may be a credential.
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Integer(i) => i.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            Value::Float(f) => f.to_string(),
+            _ => {
+                return Err(ConfigError::new(format!(
+                    "{S}.{k}: expected a string, number or boolean, found {}",
+                    type_name(v)
+                )))
+            }
+        };
+        options.insert(k.clone(), s);
+    }
+    let service = service
+        .ok_or_else(|| ConfigError::new(format!("[{S}] missing required key `type`")))?;
+    Ok(StorageSettings { service, options })
+}
+
+fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
+    const S: &str = "backend_settings";
+    let mut b = BackendSettings::default();
+    for (k, v) in &t {
+        match k.as_str() {
+            "timeout" => b.timeout = get_duration(S, k, v)?,
+            "io_timeout" => b.io_timeout = get_duration(S, k, v)?,
+            "retry_max_times" => b.retry_max_times = get_usize(S, k, v)?,
+            "retry_min_delay" => b.retry_min_delay = get_duration(S, k, v)?,
+            "retry_max_delay" => b.retry_max_delay = get_duration(S, k, v)?,
+            "default_file_mode" => b.default_file_mode = get_mode(S, k, v)?,
+            "default_dir_mode" => b.default_dir_mode = get_mode(S, k, v)?,
+            "default_uid" => b.default_uid = get_u32(S, k, v)?,
+            "default_gid" => b.default_gid = get_u32(S, k, v)?,
+            _ => return Err(unknown_key(S, k)),
+        }
+    }
+    if b.timeout.is_zero() {
+        return Err(ConfigError::new(format!("{S}.timeout: must be > 0")));
+    }
+    if b.io_timeout.is_zero() {
+        return Err(ConfigError::new(format!("{S}.io_timeout: must be > 0")));
+    }
+    if b.retry_min_delay > b.retry_max_delay {
+        return Err(ConfigError::new(format!(
+            "{S}.retry_min_delay: must not exceed retry_max_delay"
+        )));
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[socket_settings]
+socket_path = "/tmp/vfsd.sock"
+
+[cache_settings]
+enabled_cache = true
+enabled_cache_write_back = false
+enabled_cache_expiration = true
+cache_expiration_time = "60s"
+
+[storage_settings]
+type = "s3"
+bucket = "test"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:8333"
+access_key_id = "admin"
+secret_access_key = "adminsecret"
+"#;
+
+    fn err(text: &str) -> String {
+        let e = Config::parse(text).expect_err("must be refused");
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "multi-line error: {s}");
+        assert!(s.starts_with("config: "), "{s}");
+        s
+    }
+
+    fn assert_no_secret(s: &str) {
+        assert!(!s.contains("adminsecret"), "secret leaked: {s}");
+        assert!(!s.contains("\"admin\""), "access key leaked: {s}");
+        assert!(!s.contains("tok3n"), "token leaked: {s}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let cfg = Config::parse(EXAMPLE).expect("example parses");
+        assert_eq!(
+            cfg.socket_settings.socket_path.as_deref(),
+            Some(Path::new("/tmp/vfsd.sock"))
+        );
+        assert!(cfg.cache_settings.enabled_cache);
+        assert!(!cfg.cache_settings.enabled_cache_write_back);
+        assert_eq!(cfg.cache_settings.cache_expiration_time, Duration::from_secs(60));
+        assert_eq!(cfg.cache_settings.attr_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.storage_settings.service, "s3");
+        assert_eq!(cfg.storage_settings.options.get("bucket").map(String::as_str), Some("test"));
+        assert_eq!(
+            cfg.storage_settings.options.get("secret_access_key").map(String::as_str),
+            Some("adminsecret")
+        );
+        assert!(!cfg.storage_settings.options.contains_key("type"));
+        assert_eq!(cfg.backend_settings, BackendSettings::default());
+        let dbg = format!("{cfg:?}");
+        assert_no_secret(&dbg);
+        assert!(dbg.contains("\"test\""), "non-secret values stay visible: {dbg}");
+    }
+
+    #[test]
+    fn from_file_works() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("ovfs.toml");
+        std::fs::write(&p, EXAMPLE).expect("write");
+        let cfg = Config::from_file(&p).expect("parses");
+        assert_eq!(cfg.storage_settings.service, "s3");
+        let missing = Config::from_file(&dir.path().join("nope.toml")).expect_err("missing");
+        assert!(missing.to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn memory_and_fs_files() {
+        let cfg = Config::parse("[storage_settings]\ntype = \"memory\"\n").expect("memory");
+        assert_eq!(cfg.storage_settings.service, "memory");
+        let cfg = Config::parse("").expect("empty file");
+        assert_eq!(cfg, Config::default_memory());
+        assert_eq!(cfg.storage_settings.service, "memory");
+        assert!(cfg.socket_settings.socket_path.is_none());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let text = format!(
+            "[storage_settings]\ntype = \"fs\"\nroot = {:?}\n\n[backend_settings]\ndefault_file_mode = \"0600\"\ndefault_dir_mode = 0o700\ndefault_uid = 1000\ntimeout = \"5s\"\nretry_max_times = 0\n",
+            root.display().to_string()
+        );
+        let cfg = Config::parse(&text).expect("fs");
+        assert_eq!(cfg.storage_settings.service, "fs");
+        assert_eq!(cfg.backend_settings.default_file_mode, 0o600);
+        assert_eq!(cfg.backend_settings.default_dir_mode, 0o700);
+        assert_eq!(cfg.backend_settings.default_uid, 1000);
+        assert_eq!(cfg.backend_settings.timeout, Duration::from_secs(5));
+        assert_eq!(cfg.backend_settings.retry_max_times, 0);
+
+        let e = err("[storage_settings]\ntype = \"fs\"\n");
+        assert!(e.contains("requires `root`"), "{e}");
+    }
+
+    #[test]
+    fn socket_and_cache_settings() {
+        let cfg = Config::parse(
+            "[socket_settings]\ntag = \"myfs\"\nnum_request_queues = 4\n[cache_settings]\nattr_timeout = \"2s\"\nentry_timeout = 3\nnegative_timeout = \"500ms\"\n",
+        )
+        .expect("parses");
+        assert_eq!(cfg.socket_settings.tag.as_deref(), Some("myfs"));
+        assert_eq!(cfg.socket_settings.num_request_queues, Some(4));
+        assert_eq!(cfg.cache_settings.attr_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.cache_settings.entry_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.cache_settings.negative_timeout, Duration::from_millis(500));
+        let e = err("[socket_settings]\nnum_request_queues = 17\n");
+        assert!(e.contains("socket_settings.num_request_queues"), "{e}");
+        let e = err("[socket_settings]\nnum_request_queues = 0\n");
+        assert!(e.contains("num_request_queues"), "{e}");
+        let e = err(&format!("[socket_settings]\ntag = \"{}\"\n", "x".repeat(37)));
+        assert!(e.contains("socket_settings.tag"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section() {
+        let e = err("[sockets]\nsocket_path = \"/x\"\n");
+        assert!(e.contains("unknown section [sockets]"), "{e}");
+        let e = err("top_level = 1\n");
+        assert!(e.contains("top_level"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_each_section() {
+        for (section, extra) in [
+            ("socket_settings", ""),
+            ("cache_settings", ""),
+            ("backend_settings", ""),
+            ("storage_settings", "type = \"memory\"\n"),
+        ] {
+            let e = err(&format!("[{section}]\n{extra}foo = 1\n"));
+            if section == "storage_settings" {
+                assert!(e.contains("unknown key `foo`"), "{e}");
+                assert!(e.contains("[storage_settings]"), "{e}");
+            } else {
+                assert_eq!(e, format!("config: unknown key `foo` in [{section}]"));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_storage_key() {
+        let text = EXAMPLE.replace("bucket = \"test\"", "bucket = \"test\"\nbukket = \"x\"");
+        let e = err(&text);
+        assert!(e.contains("unknown key `bukket`"), "{e}");
+        assert!(e.contains("[storage_settings]"), "{e}");
+        assert_no_secret(&e);
+        // OpenDAL's own aliases are accepted.
+        let text = EXAMPLE.replace("bucket = \"test\"", "aws_bucket = \"test\"");
+        Config::parse(&text).expect("alias accepted");
+    }
+
+    #[test]
+    fn wrong_type() {
+        let e = err("[cache_settings]\nenabled_cache = \"yes\"\n");
+        assert_eq!(
+            e,
+            "config: cache_settings.enabled_cache: expected a boolean, found a string"
+        );
+        let e = err("[socket_settings]\nsocket_path = 3\n");
+        assert!(e.contains("socket_settings.socket_path"), "{e}");
+        let e = err("[storage_settings]\ntype = \"memory\"\nroot = [1]\n");
+        assert!(e.contains("storage_settings.root"), "{e}");
+        let e = err("[backend_settings]\ndefault_file_mode = \"0988\"\n");
+        assert!(e.contains("backend_settings.default_file_mode"), "{e}");
+        let e = err("[backend_settings]\ndefault_uid = -1\n");
+        assert!(e.contains("backend_settings.default_uid"), "{e}");
+        // TOML syntax error: one line with a line number.
+        let e = err("[cache_settings]\nenabled_cache = \n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn stringified_storage_values() {
+        let cfg = Config::parse(
+            "[storage_settings]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"r\"\ndisable_config_load = true\n",
+        )
+        .expect("bools accepted");
+        assert_eq!(
+            cfg.storage_settings.options.get("disable_config_load").map(String::as_str),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        let e = err("[cache_settings]\ncache_expiration_time = \"abc\"\n");
+        assert_eq!(
+            e,
+            "config: cache_settings.cache_expiration_time: invalid duration \"abc\""
+        );
+        let e = err("[backend_settings]\nretry_min_delay = \"5s\"\nretry_max_delay = \"1s\"\n");
+        assert!(e.contains("retry_min_delay"), "{e}");
+    }
+
+    #[test]
+    fn missing_bucket() {
+        let text = EXAMPLE.replace("bucket = \"test\"\n", "");
+        let e = err(&text);
+        assert_eq!(e, "config: [storage_settings] s3: s3 requires `bucket`");
+    }
+
+    #[test]
+    fn missing_type_and_unknown_type() {
+        let e = err("[storage_settings]\nbucket = \"x\"\n");
+        assert_eq!(e, "config: [storage_settings] missing required key `type`");
+        let e = err("[storage_settings]\ntype = \"nosuch\"\n");
+        assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn no_secret_in_any_output() {
+        let secrets = [
+            EXAMPLE.replace("bucket = \"test\"\n", ""),
+            EXAMPLE.replace("bucket = \"test\"", "bucket = \"test\"\nbukket = \"x\""),
+            EXAMPLE.replace("[cache_settings]", "[cache_settings]\nfoo = 1"),
+            EXAMPLE.replace("secret_access_key = \"adminsecret\"", "secret_access_key = adminsecret"),
+            EXAMPLE.replace(
+                "secret_access_key = \"adminsecret\"",
+                "secret_access_key = [\"adminsecret\"]",
+            ),
+            EXAMPLE.replace("region = \"us-east-1\"\n", "session_token = \"tok3n\"\nfoo_password = 1\n"),
+            EXAMPLE.replace("type = \"s3\"", "type = \"adminsecret\""),
+            EXAMPLE.replace("endpoint = \"http://127.0.0.1:8333\"", "endpoint = \"\"\nenable_virtual_host_style = \"adminsecret\""),
+        ];
+        for text in &secrets {
+            match Config::parse(text) {
+                Ok(cfg) => {
+                    assert_no_secret(&format!("{cfg:?}"));
+                    assert_no_secret(&format!("{:?}", cfg.storage_settings));
+                }
+                Err(e) => {
+                    // `type = "adminsecret"` is not a credential key; its
+                    // value may be echoed as the unknown scheme name.
+                    if !text.contains("type = \"adminsecret\"") {
+                        assert_no_secret(&e.to_string());
+                        assert_no_secret(&format!("{e:?}"));
+                    }
+                }
+            }
+        }
+        let cfg = Config::parse(EXAMPLE).expect("parses");
+        assert_no_secret(&format!("{cfg:?}"));
+        assert_no_secret(&format!("{:#?}", cfg));
+    }
+
+    #[test]
+    fn secret_key_detection() {
+        for k in ["secret_access_key", "access_key_id", "session_token", "password", "sse_customer_key", "credential"] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["bucket", "region", "endpoint", "root"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
+}

@@ -1,0 +1,1014 @@
+//! POSIX on an object store (any OpenDAL service, reached through `backend`).
+//!
+//! Mapping (gcsfuse style, see docs/SEMANTICS.md): key = path, `/` separates
+//! directories; a directory is a marker or implied by keys below it, and wins
+//! over a file of the same name. Nothing is kept but bounded, per-session
+//! state: the inode table, open handles, and the staged bytes of files being
+//! written.
+//!
+//! Writes: a file open for writing is staged in a memfd ([`Staged`]), loaded
+//! from the object first when an existing object is modified (read-modify-
+//! write). FLUSH, FSYNC, RELEASE and O_SYNC/O_DSYNC writes upload the whole
+//! file as one PUT or one multipart upload, so the object is replaced
+//! atomically and never visible half-written.
+//!
+//! Lock order: `open` (std mutex, the open-file table) may be taken while
+//! holding nothing else; an open file's `state` (tokio mutex) may be held
+//! across back-end calls and is the only lock ever held across `.await`; a
+//! file's `snap` (std mutex) is taken last and briefly. Never two `state`
+//! locks at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::handle::HandleTable;
+use super::inode::{InodeTable, Kind};
+use super::staging::Staged;
+use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, PosixMeta};
+use crate::fuse::abi::{self, RENAME_NOREPLACE};
+use crate::fuse::filesystem::Result;
+use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
+
+/// Knobs of the object-store file system.
+#[derive(Clone, Debug)]
+pub struct ObjectFsOptions {
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Files up to this size are uploaded with one PUT; larger ones stream as
+    /// a multipart upload in parts of this size.
+    pub part_size: usize,
+    /// Largest file the guest may create (EFBIG beyond).
+    pub max_file_size: u64,
+    /// Most objects a directory rename may move.
+    pub rename_dir_limit: usize,
+}
+
+impl Default for ObjectFsOptions {
+    fn default() -> Self {
+        ObjectFsOptions {
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            uid: 0,
+            gid: 0,
+            part_size: 8 << 20,
+            max_file_size: 1 << 40,
+            rename_dir_limit: 10_000,
+        }
+    }
+}
+
+/// Attributes of an open file, readable without waiting for its state lock.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    /// The staged bytes are authoritative (file created, written or truncated).
+    staged: bool,
+    /// The object exists in the back-end (false for a new file not yet uploaded).
+    in_backend: bool,
+    unlinked: bool,
+    size: u64,
+    mtime: SystemTime,
+    posix: PosixMeta,
+}
+
+#[derive(Debug)]
+struct FileState {
+    staged: Option<Staged>,
+    dirty: bool,
+}
+
+/// Per-node state shared by all handles of an open file.
+#[derive(Debug)]
+struct OpenFile {
+    state: tokio::sync::Mutex<FileState>,
+    snap: Mutex<Snapshot>,
+}
+
+impl OpenFile {
+    fn snap(&self) -> Snapshot {
+        self.snap.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.snap.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[derive(Debug)]
+struct FileHandle {
+    nodeid: u64,
+    file: Arc<OpenFile>,
+    writable: bool,
+}
+
+#[derive(Debug)]
+struct Listed {
+    name: String,
+    kind: Kind,
+    meta: Option<Meta>,
+}
+
+#[derive(Debug)]
+struct DirHandle {
+    nodeid: u64,
+    snapshot: Mutex<Option<Arc<Vec<Listed>>>>,
+}
+
+/// The object-store file system.
+pub struct ObjectFs {
+    backend: Backend,
+    caps: Caps,
+    opts: ObjectFsOptions,
+    inodes: InodeTable,
+    files: HandleTable<FileHandle>,
+    dirs: HandleTable<DirHandle>,
+    /// nodeid -> (open file, number of handles + internal users).
+    open: Mutex<HashMap<u64, (Arc<OpenFile>, usize)>>,
+}
+
+fn kind_of(meta: &Meta) -> Kind {
+    match meta.kind {
+        EntryKind::Dir => Kind::Dir,
+        EntryKind::File => Kind::File,
+    }
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+fn name_str(name: &[u8]) -> Result<&str> {
+    std::str::from_utf8(name).map_err(|_| Errno::EINVAL)
+}
+
+fn io_err(e: std::io::Error) -> Errno {
+    tracing::warn!(error = %e, "staging I/O error");
+    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+impl ObjectFs {
+    pub fn new(backend: Backend, opts: ObjectFsOptions) -> Self {
+        let caps = backend.caps();
+        ObjectFs {
+            backend,
+            caps,
+            opts,
+            inodes: InodeTable::new(),
+            files: HandleTable::default(),
+            dirs: HandleTable::default(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Live nodes, open file handles, open dir handles (tests, metrics).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.inodes.len(), self.files.len(), self.dirs.len())
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<OpenFile>, usize)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node(&self, nodeid: u64) -> Result<(String, Kind)> {
+        self.inodes.get(nodeid).ok_or(Errno::ENOENT)
+    }
+
+    fn dir_child(&self, parent: u64, name: &[u8]) -> Result<String> {
+        let (p, kind) = self.node(parent)?;
+        if kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(join(&p, name_str(name)?))
+    }
+
+    fn open_file(&self, nodeid: u64) -> Option<Arc<OpenFile>> {
+        self.lock_open().get(&nodeid).map(|(f, _)| f.clone())
+    }
+
+    /// Take a reference on the node's open-file state, creating it with
+    /// `init` when the file is not open yet.
+    fn acquire(&self, nodeid: u64, init: impl FnOnce() -> Snapshot) -> Arc<OpenFile> {
+        let mut g = self.lock_open();
+        let e = g.entry(nodeid).or_insert_with(|| {
+            let f = OpenFile { state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false }), snap: Mutex::new(init()) };
+            (Arc::new(f), 0)
+        });
+        e.1 += 1;
+        e.0.clone()
+    }
+
+    fn release_ref(&self, nodeid: u64) {
+        let mut g = self.lock_open();
+        if let Some(e) = g.get_mut(&nodeid) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                g.remove(&nodeid);
+            }
+        }
+    }
+
+    fn attr(&self, ino: u64, kind: Kind, size: u64, mtime: Option<SystemTime>, posix: &PosixMeta) -> abi::fuse_attr {
+        let (tbits, default_perm) = match kind {
+            Kind::File => (libc::S_IFREG, self.opts.file_mode),
+            Kind::Dir => (libc::S_IFDIR, self.opts.dir_mode),
+            Kind::Symlink => (libc::S_IFLNK, 0o777),
+        };
+        let perm = posix.mode.map(|m| m & 0o7777).unwrap_or(default_perm);
+        let t = posix.mtime.or(mtime).unwrap_or(UNIX_EPOCH);
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        abi::fuse_attr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: d.as_secs(),
+            mtime: d.as_secs(),
+            ctime: d.as_secs(),
+            atimensec: d.subsec_nanos(),
+            mtimensec: d.subsec_nanos(),
+            ctimensec: d.subsec_nanos(),
+            mode: tbits | perm,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            uid: posix.uid.unwrap_or(self.opts.uid),
+            gid: posix.gid.unwrap_or(self.opts.gid),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr_from_meta(&self, ino: u64, meta: &Meta) -> abi::fuse_attr {
+        self.attr(ino, kind_of(meta), meta.size, meta.mtime, &meta.posix)
+    }
+
+    fn attr_from_snap(&self, ino: u64, s: &Snapshot) -> abi::fuse_attr {
+        self.attr(ino, Kind::File, s.size, Some(s.mtime), &s.posix)
+    }
+
+    fn entry(&self, nodeid: u64, attr: abi::fuse_attr) -> Entry {
+        Entry {
+            nodeid,
+            generation: self.inodes.generation(),
+            attr,
+            entry_valid: self.opts.entry_timeout,
+            attr_valid: self.opts.attr_timeout,
+        }
+    }
+
+    /// A file at `path` known only to this daemon (created, not uploaded yet).
+    fn local_new_file(&self, path: &str) -> Option<(u64, Snapshot)> {
+        let id = self.inodes.id_of(path)?;
+        let f = self.open_file(id)?;
+        let s = f.snap();
+        (!s.in_backend && !s.unlinked).then_some((id, s))
+    }
+
+    /// What is at `path`: a local new file, or whatever the back-end says.
+    async fn stat_path(&self, path: &str) -> Result<Meta> {
+        if let Some((_, s)) = self.local_new_file(path) {
+            return Ok(Meta { kind: EntryKind::File, size: s.size, mtime: Some(s.mtime), etag: None, posix: s.posix });
+        }
+        Ok(self.backend.lookup(path).await?)
+    }
+
+    async fn exists(&self, path: &str) -> Result<Option<Meta>> {
+        match self.stat_path(path).await {
+            Ok(m) => Ok(Some(m)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn new_posix(&self, ctx: &Ctx, mode: u32) -> PosixMeta {
+        if !self.caps.user_metadata {
+            return PosixMeta::default();
+        }
+        PosixMeta { mode: Some(mode), uid: Some(ctx.uid), gid: Some(ctx.gid), mtime: Some(now()) }
+    }
+
+    /// Load the object's current bytes into a staging memfd (read-modify-write).
+    async fn load(&self, path: &str, in_backend: bool) -> Result<Staged> {
+        let mut s = Staged::new().map_err(io_err)?;
+        if !in_backend {
+            return Ok(s);
+        }
+        let chunk = self.opts.part_size.max(1 << 20) as u64;
+        let mut off = 0u64;
+        loop {
+            let data = self.backend.read(path, off, chunk).await?;
+            if data.is_empty() {
+                break;
+            }
+            s.write(off, &data).map_err(io_err)?;
+            off += data.len() as u64;
+            if (data.len() as u64) < chunk {
+                break;
+            }
+        }
+        Ok(s)
+    }
+
+    async fn ensure_staged(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) -> Result<()> {
+        if st.staged.is_some() {
+            return Ok(());
+        }
+        let snap = file.snap();
+        let (path, _, _) = self.inodes.get_any(nodeid).ok_or(Errno::ENOENT)?;
+        let s = self.load(&path, snap.in_backend).await?;
+        let size = s.size();
+        st.staged = Some(s);
+        file.update(|x| {
+            x.staged = true;
+            x.size = size;
+        });
+        Ok(())
+    }
+
+    /// Upload a dirty file: one PUT, or a multipart upload for large files.
+    async fn upload(&self, nodeid: u64, file: &OpenFile) -> Result<()> {
+        let mut st = file.state.lock().await;
+        if !st.dirty {
+            return Ok(());
+        }
+        let snap = file.snap();
+        let Some((path, _, linked)) = self.inodes.get_any(nodeid) else { return Ok(()) };
+        if snap.unlinked || !linked {
+            st.dirty = false;
+            return Ok(());
+        }
+        let Some(staged) = st.staged.as_ref() else {
+            st.dirty = false;
+            return Ok(());
+        };
+        let size = staged.size();
+        let part = self.opts.part_size as u64;
+        if size <= part {
+            let data = staged.read(0, size as usize).map_err(io_err)?;
+            self.backend.write(&path, Bytes::from(data), &snap.posix).await?;
+        } else {
+            let mut w = self.backend.writer(&path, &snap.posix).await?;
+            let mut off = 0u64;
+            while off < size {
+                let data = match staged.read(off, part.min(size - off) as usize) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(io_err(e));
+                    }
+                };
+                off += data.len() as u64;
+                if let Err(e) = w.write(Bytes::from(data)).await {
+                    let _ = w.abort().await;
+                    return Err(e.into());
+                }
+            }
+            w.close().await?;
+        }
+        st.dirty = false;
+        file.update(|x| x.in_backend = true);
+        tracing::debug!(path = %path, size, "uploaded");
+        Ok(())
+    }
+
+    fn file_handle(&self, nodeid: u64, fh: u64) -> Result<Arc<FileHandle>> {
+        let h = self.files.get(fh).ok_or(Errno::EBADF)?;
+        if h.nodeid != nodeid {
+            return Err(Errno::EBADF);
+        }
+        Ok(h)
+    }
+
+    fn dir_handle(&self, nodeid: u64, fh: u64) -> Result<Arc<DirHandle>> {
+        let h = self.dirs.get(fh).ok_or(Errno::EBADF)?;
+        if h.nodeid != nodeid {
+            return Err(Errno::EBADF);
+        }
+        Ok(h)
+    }
+
+    async fn getattr_node(&self, nodeid: u64) -> Result<(abi::fuse_attr, Duration)> {
+        if let Some(f) = self.open_file(nodeid) {
+            let s = f.snap();
+            if s.staged || !s.in_backend || s.unlinked {
+                return Ok((self.attr_from_snap(nodeid, &s), self.opts.attr_timeout));
+            }
+        }
+        let (path, kind) = self.node(nodeid)?;
+        let meta = self.backend.lookup(&path).await?;
+        if kind_of(&meta) != kind {
+            return Err(Errno::ENOENT);
+        }
+        Ok((self.attr_from_meta(nodeid, &meta), self.opts.attr_timeout))
+    }
+
+    /// Open a file node: returns the open-file state (reference taken).
+    async fn open_node(&self, nodeid: u64, path: &str, writable: bool) -> Result<Arc<OpenFile>> {
+        if let Some(f) = self.open_file(nodeid) {
+            // Already open: share its state.
+            return Ok(self.acquire(nodeid, || f.snap()));
+        }
+        // Writers need the object's metadata to keep it on rewrite.
+        let posix = if writable && self.caps.user_metadata {
+            let m = self.backend.lookup(path).await?;
+            if m.kind == EntryKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            m.posix
+        } else {
+            PosixMeta::default()
+        };
+        Ok(self.acquire(nodeid, || Snapshot {
+            staged: false,
+            in_backend: true,
+            unlinked: false,
+            size: 0,
+            mtime: now(),
+            posix,
+        }))
+    }
+
+    async fn truncate(&self, nodeid: u64, file: &OpenFile, size: u64) -> Result<()> {
+        if size > self.opts.max_file_size {
+            return Err(Errno::EFBIG);
+        }
+        let mut st = file.state.lock().await;
+        if size == 0 && st.staged.is_none() {
+            st.staged = Some(Staged::new().map_err(io_err)?);
+        } else {
+            self.ensure_staged(nodeid, file, &mut st).await?;
+        }
+        if let Some(s) = st.staged.as_mut() {
+            s.truncate(size).map_err(io_err)?;
+        }
+        st.dirty = true;
+        file.update(|x| {
+            x.staged = true;
+            x.size = size;
+            x.mtime = now();
+            if let Some(p) = x.posix.mtime.as_mut() {
+                *p = now();
+            }
+        });
+        Ok(())
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<Listed>> {
+        let mut out: Vec<Listed> = self
+            .backend
+            .list(path)
+            .await?
+            .into_iter()
+            .map(|e| Listed { kind: kind_of(&e.meta), name: e.name, meta: Some(e.meta) })
+            .collect();
+        // Files created here but not uploaded yet.
+        let local: Vec<(u64, Arc<OpenFile>)> = self.lock_open().iter().map(|(id, (f, _))| (*id, f.clone())).collect();
+        for (id, f) in local {
+            let s = f.snap();
+            if s.in_backend || s.unlinked {
+                continue;
+            }
+            let Some((p, _)) = self.inodes.get(id) else { continue };
+            if parent_of(&p) != path || p.is_empty() {
+                continue;
+            }
+            let name = p.rsplit('/').next().unwrap_or(&p).to_string();
+            if out.iter().all(|l| l.name != name) {
+                out.push(Listed {
+                    name,
+                    kind: Kind::File,
+                    meta: Some(Meta { kind: EntryKind::File, size: s.size, mtime: Some(s.mtime), etag: None, posix: s.posix }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rename a directory object by object (not atomic; see SEMANTICS.md).
+    async fn rename_dir(&self, from: &str, to: &str) -> Result<()> {
+        let mut stack = vec![(from.to_string(), to.to_string())];
+        let mut moved = 0usize;
+        let mut emptied = Vec::new();
+        while let Some((f, t)) = stack.pop() {
+            self.backend.create_dir(&t).await?;
+            for e in self.backend.list(&f).await? {
+                moved += 1;
+                if moved > self.opts.rename_dir_limit {
+                    tracing::warn!(from, limit = self.opts.rename_dir_limit, "directory rename over rename_dir_limit");
+                    return Err(Errno::EXDEV);
+                }
+                let (fc, tc) = (join(&f, &e.name), join(&t, &e.name));
+                match e.meta.kind {
+                    EntryKind::Dir => stack.push((fc, tc)),
+                    EntryKind::File => self.backend.rename_file(&fc, &tc, false).await?,
+                }
+            }
+            emptied.push(f);
+        }
+        for d in emptied.iter().rev() {
+            match self.backend.remove_dir(d).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Upload a local file's pending bytes before a rename moves it.
+    async fn settle(&self, path: &str) -> Result<()> {
+        if let Some(id) = self.inodes.id_of(path) {
+            if let Some(f) = self.open_file(id) {
+                self.upload(id, &f).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Filesystem for ObjectFs {
+    fn destroy(&self) {
+        self.files.clear();
+        self.dirs.clear();
+        self.lock_open().clear();
+    }
+
+    async fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry> {
+        let path = self.dir_child(parent, name)?;
+        let meta = self.stat_path(&path).await?;
+        let kind = kind_of(&meta);
+        let id = self.inodes.lookup(&path, kind);
+        let attr = match self.open_file(id).map(|f| f.snap()) {
+            Some(s) if s.staged || !s.in_backend => self.attr_from_snap(id, &s),
+            _ => self.attr_from_meta(id, &meta),
+        };
+        Ok(self.entry(id, attr))
+    }
+
+    fn forget(&self, nodeid: u64, nlookup: u64) {
+        self.inodes.forget(nodeid, nlookup);
+    }
+
+    async fn getattr(&self, _ctx: &Ctx, nodeid: u64, _fh: Option<u64>) -> Result<(abi::fuse_attr, Duration)> {
+        self.getattr_node(nodeid).await
+    }
+
+    async fn setattr(&self, ctx: &Ctx, nodeid: u64, a: SetAttr) -> Result<(abi::fuse_attr, Duration)> {
+        let (path, kind) = self.node(nodeid)?;
+        if let Some(size) = a.size {
+            if kind == Kind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            let file = self.open_node(nodeid, &path, true).await?;
+            let r = match self.truncate(nodeid, &file, size).await {
+                Ok(()) if a.fh.is_none() => self.upload(nodeid, &file).await,
+                r => r,
+            };
+            self.release_ref(nodeid);
+            r?;
+        }
+        let explicit_time = matches!(a.atime, Some(TimeSpec::Set { .. })) || matches!(a.mtime, Some(TimeSpec::Set { .. }));
+        let meta_change = a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || explicit_time;
+        if meta_change || (a.mtime.is_some() && self.caps.user_metadata) {
+            if !self.caps.user_metadata || kind != Kind::File {
+                if meta_change {
+                    return Err(Errno::ENOTSUP);
+                }
+            } else {
+                let mtime = match a.mtime {
+                    Some(TimeSpec::Now) => Some(now()),
+                    Some(TimeSpec::Set { secs, nsecs }) => Some(UNIX_EPOCH + Duration::new(secs, nsecs)),
+                    None => None,
+                };
+                let apply = |p: &mut PosixMeta| {
+                    if let Some(m) = a.mode {
+                        p.mode = Some(libc::S_IFREG | (m & 0o7777));
+                    }
+                    if a.uid.is_some() {
+                        p.uid = a.uid;
+                    }
+                    if a.gid.is_some() {
+                        p.gid = a.gid;
+                    }
+                    if mtime.is_some() {
+                        p.mtime = mtime;
+                    }
+                };
+                if let Some(f) = self.open_file(nodeid).filter(|f| f.snap().staged || !f.snap().in_backend) {
+                    // Carried by the next upload.
+                    let mut st = f.state.lock().await;
+                    f.update(|x| apply(&mut x.posix));
+                    st.dirty = true;
+                } else {
+                    let mut p = self.backend.lookup(&path).await?.posix;
+                    if p.mode.is_none() {
+                        p.mode = Some(libc::S_IFREG | self.opts.file_mode);
+                    }
+                    p.uid = p.uid.or(Some(self.opts.uid));
+                    p.gid = p.gid.or(Some(self.opts.gid));
+                    apply(&mut p);
+                    self.backend.set_posix(&path, &p).await?;
+                }
+            }
+        }
+        let _ = ctx;
+        self.getattr_node(nodeid).await
+    }
+
+    async fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, _umask: u32) -> Result<Entry> {
+        let path = self.dir_child(parent, name)?;
+        if self.exists(&path).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.backend.create_dir(&path).await?;
+        let id = self.inodes.lookup(&path, Kind::Dir);
+        let _ = (ctx, mode);
+        Ok(self.entry(id, self.attr(id, Kind::Dir, 0, Some(now()), &PosixMeta::default())))
+    }
+
+    async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
+        let path = self.dir_child(parent, name)?;
+        if let Some((id, _)) = self.local_new_file(&path) {
+            if let Some(f) = self.open_file(id) {
+                let mut st = f.state.lock().await;
+                st.dirty = false;
+                f.update(|x| x.unlinked = true);
+            }
+            self.inodes.unlink(&path);
+            return Ok(());
+        }
+        let meta = self.backend.lookup(&path).await?;
+        if meta.kind == EntryKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        // An open file keeps its bytes after unlink.
+        if let Some(id) = self.inodes.id_of(&path) {
+            if let Some(f) = self.open_file(id) {
+                let mut st = f.state.lock().await;
+                self.ensure_staged(id, &f, &mut st).await?;
+                st.dirty = false;
+                f.update(|x| x.unlinked = true);
+            }
+        }
+        self.backend.delete_file(&path).await?;
+        self.inodes.unlink(&path);
+        Ok(())
+    }
+
+    async fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
+        let path = self.dir_child(parent, name)?;
+        let meta = self.stat_path(&path).await?;
+        if meta.kind != EntryKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let prefix = format!("{path}/");
+        let pending = self.lock_open().keys().copied().collect::<Vec<_>>();
+        for id in pending {
+            if let Some((p, _)) = self.inodes.get(id) {
+                if p.starts_with(&prefix) && self.local_new_file(&p).is_some() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
+        }
+        self.backend.remove_dir(&path).await?;
+        self.inodes.unlink(&path);
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        _ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        if flags & !RENAME_NOREPLACE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let noreplace = flags & RENAME_NOREPLACE != 0;
+        let from = self.dir_child(parent, name)?;
+        let to = self.dir_child(newparent, newname)?;
+        let src = self.stat_path(&from).await?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(dst) = self.exists(&to).await? {
+            if noreplace {
+                return Err(Errno::EEXIST);
+            }
+            match (src.kind, dst.kind) {
+                (EntryKind::File, EntryKind::Dir) => return Err(Errno::EISDIR),
+                (EntryKind::Dir, EntryKind::File) => return Err(Errno::ENOTDIR),
+                (EntryKind::Dir, EntryKind::Dir) => {
+                    // Fails with ENOTEMPTY unless empty; then it is replaced.
+                    self.backend.remove_dir(&to).await?;
+                }
+                (EntryKind::File, EntryKind::File) => {}
+            }
+        }
+        match src.kind {
+            EntryKind::File => {
+                self.settle(&from).await?;
+                self.backend.rename_file(&from, &to, noreplace).await?;
+            }
+            EntryKind::Dir => self.rename_dir(&from, &to).await?,
+        }
+        self.inodes.rename(&from, &to);
+        Ok(())
+    }
+
+    async fn open(&self, _ctx: &Ctx, nodeid: u64, flags: u32) -> Result<(u64, u32)> {
+        let (path, kind) = self.node(nodeid)?;
+        if kind == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let acc = flags as i32 & libc::O_ACCMODE;
+        let writable = acc != libc::O_RDONLY;
+        let file = self.open_node(nodeid, &path, writable).await?;
+        if writable && flags as i32 & libc::O_TRUNC != 0 {
+            if let Err(e) = self.truncate(nodeid, &file, 0).await {
+                self.release_ref(nodeid);
+                return Err(e);
+            }
+        }
+        let fh = self.files.insert(FileHandle { nodeid, file, writable });
+        Ok((fh, 0))
+    }
+
+    async fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+        _umask: u32,
+    ) -> Result<(Entry, u64, u32)> {
+        let path = self.dir_child(parent, name)?;
+        if let Some(m) = self.exists(&path).await? {
+            if m.kind == EntryKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            if flags as i32 & libc::O_EXCL != 0 {
+                return Err(Errno::EEXIST);
+            }
+            let id = self.inodes.lookup(&path, Kind::File);
+            return match self.open(ctx, id, flags).await {
+                Ok((fh, oflags)) => {
+                    let (attr, _) = self.getattr_node(id).await?;
+                    Ok((self.entry(id, attr), fh, oflags))
+                }
+                Err(e) => {
+                    self.inodes.forget(id, 1);
+                    Err(e)
+                }
+            };
+        }
+        let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
+        let id = self.inodes.lookup(&path, Kind::File);
+        let snap = Snapshot { staged: true, in_backend: false, unlinked: false, size: 0, mtime: now(), posix };
+        let file = self.acquire(id, || snap.clone());
+        {
+            let mut st = file.state.lock().await;
+            match Staged::new() {
+                Ok(s) => st.staged = Some(s),
+                Err(e) => {
+                    drop(st);
+                    self.release_ref(id);
+                    self.inodes.forget(id, 1);
+                    return Err(io_err(e));
+                }
+            }
+            st.dirty = true;
+        }
+        let writable = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+        let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable });
+        Ok((self.entry(id, self.attr_from_snap(id, &file.snap())), fh, 0))
+    }
+
+    async fn read(&self, _ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.file_handle(nodeid, fh)?;
+        if offset.checked_add(size as u64).is_none() {
+            return Ok(Vec::new());
+        }
+        if h.file.snap().staged {
+            let st = h.file.state.lock().await;
+            if let Some(s) = st.staged.as_ref() {
+                return s.read(offset, size as usize).map_err(io_err);
+            }
+        }
+        let (path, _, _) = self.inodes.get_any(nodeid).ok_or(Errno::ENOENT)?;
+        Ok(self.backend.read(&path, offset, size as u64).await?.to_vec())
+    }
+
+    async fn write(&self, _ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, data: &[u8], flags: u32) -> Result<u32> {
+        let h = self.file_handle(nodeid, fh)?;
+        if !h.writable {
+            return Err(Errno::EBADF);
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > self.opts.max_file_size {
+            return Err(Errno::EFBIG);
+        }
+        {
+            let mut st = h.file.state.lock().await;
+            self.ensure_staged(nodeid, &h.file, &mut st).await?;
+            let Some(s) = st.staged.as_mut() else { return Err(Errno::EIO) };
+            s.write(offset, data).map_err(io_err)?;
+            let size = s.size();
+            st.dirty = true;
+            h.file.update(|x| {
+                x.size = size;
+                x.mtime = now();
+                if x.posix.mtime.is_some() {
+                    x.posix.mtime = Some(x.mtime);
+                }
+            });
+        }
+        if flags as i32 & libc::O_DSYNC != 0 {
+            self.upload(nodeid, &h.file).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    async fn flush(&self, _ctx: &Ctx, nodeid: u64, fh: u64) -> Result<()> {
+        let h = self.file_handle(nodeid, fh)?;
+        self.upload(nodeid, &h.file).await
+    }
+
+    async fn release(&self, _ctx: &Ctx, nodeid: u64, fh: u64, _flags: u32) -> Result<()> {
+        let h = self.file_handle(nodeid, fh)?;
+        let r = self.upload(nodeid, &h.file).await;
+        self.files.remove(fh);
+        self.release_ref(nodeid);
+        r
+    }
+
+    async fn fsync(&self, _ctx: &Ctx, nodeid: u64, fh: u64, _datasync: bool) -> Result<()> {
+        let h = self.file_handle(nodeid, fh)?;
+        self.upload(nodeid, &h.file).await
+    }
+
+    async fn opendir(&self, _ctx: &Ctx, nodeid: u64, _flags: u32) -> Result<(u64, u32)> {
+        let (_, kind) = self.node(nodeid)?;
+        if kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok((self.dirs.insert(DirHandle { nodeid, snapshot: Mutex::new(None) }), 0))
+    }
+
+    async fn readdir(
+        &self,
+        _ctx: &Ctx,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        max_bytes: u32,
+        plus: bool,
+    ) -> Result<Vec<DirEntry>> {
+        let h = self.dir_handle(nodeid, fh)?;
+        let (path, _) = self.node(nodeid)?;
+        let cached = if offset == 0 { None } else { h.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone() };
+        let list = match cached {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(self.list_dir(&path).await?);
+                *h.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
+                l
+            }
+        };
+        // Cookies: 1 = after ".", 2 = after "..", 3 + i = after list[i].
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        let total = list.len() as u64 + 2;
+        let mut i = offset;
+        while i < total {
+            let (name, kind, meta): (String, Kind, Option<&Meta>) = match i {
+                0 => (".".into(), Kind::Dir, None),
+                1 => ("..".into(), Kind::Dir, None),
+                n => {
+                    let Some(l) = list.get((n - 2) as usize) else { break };
+                    (l.name.clone(), l.kind, l.meta.as_ref())
+                }
+            };
+            let size = reply::dirent_size(name.len(), plus);
+            if used + size > max_bytes as usize {
+                break;
+            }
+            used += size;
+            let typ = match kind {
+                Kind::Dir => libc::DT_DIR,
+                Kind::File => libc::DT_REG,
+                Kind::Symlink => libc::DT_LNK,
+            } as u32;
+            let mut e = DirEntry { ino: u64::MAX, offset: i + 1, typ, name: name.into_bytes(), entry: None };
+            if i < 2 {
+                e.ino = nodeid;
+            } else {
+                let child = join(&path, std::str::from_utf8(&e.name).unwrap_or_default());
+                if plus {
+                    let id = self.inodes.lookup(&child, kind);
+                    let attr = match (self.open_file(id).map(|f| f.snap()), meta) {
+                        (Some(s), _) if s.staged || !s.in_backend => self.attr_from_snap(id, &s),
+                        (_, Some(m)) => self.attr_from_meta(id, m),
+                        _ => self.attr(id, kind, 0, None, &PosixMeta::default()),
+                    };
+                    e.ino = id;
+                    e.entry = Some(self.entry(id, attr));
+                } else {
+                    // Stable per path while the node lives; the kernel only
+                    // uses it for d_ino.
+                    e.ino = self.inodes.id_of(&child).unwrap_or(u64::MAX);
+                }
+            }
+            out.push(e);
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    async fn releasedir(&self, _ctx: &Ctx, nodeid: u64, fh: u64) -> Result<()> {
+        self.dir_handle(nodeid, fh)?;
+        self.dirs.remove(fh);
+        Ok(())
+    }
+
+    async fn statfs(&self, _ctx: &Ctx, _nodeid: u64) -> Result<abi::fuse_kstatfs> {
+        // Object stores have no capacity to report: a large, constant figure.
+        Ok(abi::fuse_kstatfs {
+            blocks: 1 << 40,
+            bfree: 1 << 40,
+            bavail: 1 << 40,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            bsize: 4096,
+            namelen: abi::NAME_MAX as u32,
+            frsize: 4096,
+            ..Default::default()
+        })
+    }
+
+    async fn access(&self, _ctx: &Ctx, nodeid: u64, _mask: u32) -> Result<()> {
+        // Permission bits are checked by the kernel (default_permissions);
+        // this only confirms the node still exists.
+        self.node(nodeid).map(|_| ())
+    }
+
+    async fn lseek(&self, _ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, whence: u32) -> Result<u64> {
+        self.file_handle(nodeid, fh)?;
+        let (attr, _) = self.getattr_node(nodeid).await?;
+        match whence as i32 {
+            libc::SEEK_SET => Ok(offset),
+            // No holes are tracked: data everywhere below EOF.
+            libc::SEEK_DATA if offset < attr.size => Ok(offset),
+            libc::SEEK_HOLE if offset < attr.size => Ok(attr.size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => Err(Errno::ENXIO),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    async fn readlink(&self, _ctx: &Ctx, nodeid: u64) -> Result<Vec<u8>> {
+        self.node(nodeid)?;
+        Err(Errno::EINVAL)
+    }
+
+    async fn symlink(&self, _ctx: &Ctx, _parent: u64, _name: &[u8], _target: &[u8]) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
+    async fn link(&self, _ctx: &Ctx, _nodeid: u64, _newparent: u64, _newname: &[u8]) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
+    async fn mknod(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, _rdev: u32, umask: u32) -> Result<Entry> {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EPERM);
+        }
+        let (entry, fh, _) = self.create(ctx, parent, name, mode, libc::O_WRONLY as u32 | libc::O_EXCL as u32, umask).await?;
+        self.release(ctx, entry.nodeid, fh, 0).await?;
+        Ok(entry)
+    }
+}
