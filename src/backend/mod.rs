@@ -27,6 +27,7 @@ mod strict;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -73,7 +74,10 @@ impl PosixMeta {
             v.push(("gid".to_string(), g.to_string()));
         }
         if let Some(t) = self.mtime {
-            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let secs = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             v.push(("mtime".to_string(), secs.to_string()));
         }
         v
@@ -294,7 +298,15 @@ fn io_kind(e: &opendal::Error) -> Option<ErrorKind> {
 
 /// Services known to have real directories.
 const NATIVE_DIR_SCHEMES: &[&str] = &[
-    "fs", "hdfs", "hdfs-native", "sftp", "webdav", "ftp", "azdls", "compfs", "monoiofs",
+    "fs",
+    "hdfs",
+    "hdfs-native",
+    "sftp",
+    "webdav",
+    "ftp",
+    "azdls",
+    "compfs",
+    "monoiofs",
 ];
 
 /// Services compiled in with strict option checking. To add a service:
@@ -303,7 +315,7 @@ struct ServiceDef {
     scheme: &'static str,
     /// Required keys, each with the aliases OpenDAL accepts for it.
     required: &'static [&'static [&'static str]],
-    build: fn(&[(String, String)]) -> std::result::Result<Operator, BuildError>,
+    build: BuildFn,
 }
 
 const SERVICES: &[ServiceDef] = &[
@@ -323,6 +335,8 @@ const SERVICES: &[ServiceDef] = &[
         build: build_typed::<opendal::services::S3Config>,
     },
 ];
+
+type BuildFn = fn(&[(String, String)]) -> std::result::Result<Operator, BuildError>;
 
 enum BuildError {
     UnknownKeys(Vec<String>),
@@ -369,6 +383,28 @@ struct Inner {
     timeout: Duration,
     /// Configured credential values, scrubbed from every message.
     secrets: Vec<String>,
+    /// Stage writes in a temporary sibling and rename it into place (fs
+    /// without `atomic_write_dir` writes in place, so is not atomic).
+    staged: bool,
+}
+
+/// Name prefix of temporary siblings used by staged writes; hidden from
+/// listings.
+const TMP_PREFIX: &str = ".ovfs-tmp~";
+
+/// A fresh temporary sibling of `path` (same directory, short fixed-size name).
+fn tmp_sibling(path: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    match path.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{TMP_PREFIX}{pid}-{nanos}-{seq}"),
+        None => format!("{TMP_PREFIX}{pid}-{nanos}-{seq}"),
+    }
 }
 
 impl fmt::Debug for Backend {
@@ -427,7 +463,9 @@ fn check_path(path: &str, allow_root: bool) -> Result<()> {
     let bad = path.starts_with('/')
         || path.ends_with('/')
         || path.contains('\0')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(invalid(format!("invalid path {path:?}")));
     }
@@ -527,7 +565,10 @@ impl Backend {
         // Innermost first: concurrency limit, per-attempt timeout, retry.
         // The whole-operation bound (`timeout`) is applied around each call.
         let op = op
-            .layer(ConcurrentLimitLayer::new(OP_CONCURRENCY).with_http_concurrent_limit(HTTP_CONCURRENCY))
+            .layer(
+                ConcurrentLimitLayer::new(OP_CONCURRENCY)
+                    .with_http_concurrent_limit(HTTP_CONCURRENCY),
+            )
             .layer(
                 TimeoutLayer::new()
                     .with_timeout(io_timeout.min(timeout))
@@ -542,11 +583,18 @@ impl Backend {
             );
 
         let cap = op.info().capability();
+        let native_dirs = NATIVE_DIR_SCHEMES.contains(&scheme.as_str());
+        let staged = scheme == "fs"
+            && cap.rename
+            && !storage
+                .options
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("atomic_write_dir"));
         let caps = Caps {
             user_metadata: cap.write_with_user_metadata,
             native_rename: cap.rename,
             copy: cap.copy,
-            native_dirs: NATIVE_DIR_SCHEMES.contains(&scheme.as_str()),
+            native_dirs,
             write_if_not_exists: cap.write_with_if_not_exists,
             write_multi: cap.write_can_multi,
             read: cap.read,
@@ -562,6 +610,7 @@ impl Backend {
                 caps,
                 timeout,
                 secrets,
+                staged,
             }),
         })
     }
@@ -741,6 +790,9 @@ impl Backend {
                 if name.is_empty() || name == "." || name == ".." {
                     continue; // the directory's own marker, or an unusable key
                 }
+                if self.inner.staged && name.starts_with(TMP_PREFIX) {
+                    continue; // an in-flight staged write
+                }
                 let md = entry.metadata();
                 let kind = if below || md.is_dir() {
                     EntryKind::Dir
@@ -833,6 +885,20 @@ impl Backend {
         check_path(path, false)?;
         let opts = self.write_options(posix);
         self.deadline("write", path, async {
+            if self.inner.staged {
+                let tmp = tmp_sibling(path);
+                let r = match self.op().write_options(&tmp, data, opts).await {
+                    Ok(_) => self.op().rename(&tmp, path).await,
+                    Err(e) => Err(e),
+                };
+                return match r {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let _ = self.op().delete(&tmp).await;
+                        Err(self.err("write", path, e))
+                    }
+                };
+            }
             self.op()
                 .write_options(path, data, opts)
                 .await
@@ -859,10 +925,12 @@ impl Backend {
                 opts.concurrent = WRITER_CONCURRENT;
             }
         }
+        let staging = self.inner.staged.then(|| tmp_sibling(path));
+        let key = staging.as_deref().unwrap_or(path);
         let w = self
             .deadline("writer", path, async {
                 self.op()
-                    .writer_options(path, opts)
+                    .writer_options(key, opts)
                     .await
                     .map_err(|e| self.err("writer", path, e))
             })
@@ -870,6 +938,7 @@ impl Backend {
         Ok(ObjectWriter {
             inner: w,
             path: path.to_string(),
+            staging,
             backend: self.clone(),
         })
     }
@@ -990,7 +1059,10 @@ impl Backend {
             )
         };
         let cond = |e: Error| {
-            if matches!(e.kind, ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) {
+            if matches!(
+                e.kind,
+                ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
+            ) {
                 exists_err()
             } else {
                 e
@@ -1142,15 +1214,7 @@ impl Backend {
                 return self.copy_into(path, path, size, opts).await;
             }
             if self.inner.caps.native_rename && size > 0 {
-                let (parent, name) = match path.rsplit_once('/') {
-                    Some((p, n)) => (format!("{p}/"), n),
-                    None => (String::new(), path),
-                };
-                let nanos = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let tmp = format!("{parent}.{name}.ovfs-{nanos}.tmp");
+                let tmp = tmp_sibling(path);
                 if let Err(e) = self.copy_into(path, &tmp, size, opts).await {
                     let _ = self.op().delete(&tmp).await;
                     return Err(e);
@@ -1215,6 +1279,8 @@ fn is_short_read(e: &opendal::Error) -> bool {
 pub struct ObjectWriter {
     inner: opendal::Writer,
     path: String,
+    /// Temporary sibling being written, renamed to `path` at close.
+    staging: Option<String>,
     backend: Backend,
 }
 
@@ -1238,18 +1304,40 @@ impl ObjectWriter {
 
     /// Complete the upload; the object becomes visible.
     pub async fn close(mut self) -> Result<()> {
-        match self.inner.close().await {
-            Ok(_) => Ok(()),
+        let op = self.backend.op().clone();
+        let r = match self.inner.close().await {
+            Ok(_) => match &self.staging {
+                Some(tmp) => op.rename(tmp, &self.path).await,
+                None => Ok(()),
+            },
             Err(e) => {
-                let err = self.backend.err("close", &self.path, e);
                 let _ = self.inner.abort().await;
-                Err(err)
+                Err(e)
+            }
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(tmp) = &self.staging {
+                    let _ = op.delete(tmp).await;
+                }
+                Err(self.backend.err("close", &self.path, e))
             }
         }
     }
 
     /// Abandon the upload and clean up uploaded parts.
     pub async fn abort(mut self) -> Result<()> {
+        if let Some(tmp) = self.staging.take() {
+            // fs cannot abort in place; drop the writer and its file.
+            drop(self.inner);
+            return self
+                .backend
+                .op()
+                .delete(&tmp)
+                .await
+                .map_err(|e| self.backend.err("abort", &self.path, e));
+        }
         let r = self.inner.abort().await;
         r.map_err(|e| self.backend.err("abort", &self.path, e))
     }

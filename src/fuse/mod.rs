@@ -6,6 +6,7 @@
 //! Nothing here names OpenDAL or virtio types.
 
 pub mod abi;
+pub mod client;
 pub mod filesystem;
 pub mod reply;
 pub mod request;

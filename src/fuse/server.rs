@@ -67,8 +67,10 @@ impl<F: Filesystem> Server<F> {
     pub async fn dispatch(&self, buf: &[u8]) -> Option<Vec<u8>> {
         let hsize = std::mem::size_of::<abi::fuse_in_header>();
         let Some(h) = abi::fuse_in_header::from_prefix(buf) else {
-            tracing::warn!(len = buf.len(), "request shorter than fuse_in_header; dropped");
-            return None;
+            tracing::warn!(len = buf.len(), "request shorter than fuse_in_header");
+            // Answer if at least `unique` (bytes 8..16) can be read.
+            let unique = u64::from_le_bytes(buf.get(8..16)?.try_into().ok()?);
+            return Some(reply::error(unique, Errno::EINVAL));
         };
         let unique = h.unique;
         let len = h.len as usize;

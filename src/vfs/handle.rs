@@ -2,23 +2,26 @@
 //!
 //! File and directory handles live in separate tables, so a directory handle
 //! sent where a file handle is expected (or a forged number) is simply not
-//! found: EBADF. Handle numbers are never reused. One std mutex per table,
-//! never held across `.await`.
+//! found: EBADF. Handle numbers come from one process-wide counter, so no
+//! number is ever valid in two tables, and are never reused. One std mutex
+//! per table, never held across `.await`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The next handle number, shared by every table.
+static NEXT_FH: AtomicU64 = AtomicU64::new(1);
+
 /// A table of handles of one type.
 #[derive(Debug)]
 pub struct HandleTable<T> {
     map: Mutex<HashMap<u64, Arc<T>>>,
-    next: AtomicU64,
 }
 
 impl<T> Default for HandleTable<T> {
     fn default() -> Self {
-        HandleTable { map: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
+        HandleTable { map: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -28,7 +31,7 @@ impl<T> HandleTable<T> {
     }
 
     pub fn insert(&self, v: T) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        let fh = NEXT_FH.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(fh, Arc::new(v));
         fh
     }
@@ -71,5 +74,8 @@ mod tests {
         assert!(t.get(a).is_none());
         let c = t.insert(3);
         assert_ne!(c, a, "numbers are not reused");
+        let other: HandleTable<u8> = HandleTable::default();
+        let d = other.insert(0);
+        assert!(t.get(d).is_none(), "a number from one table is not valid in another");
     }
 }

@@ -33,11 +33,15 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringState, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use super::{BackendChannel, VhostUserOptions, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, MAX_TAG_LEN};
 use crate::transport::RequestHandler;
@@ -120,7 +124,8 @@ impl TryFrom<&VhostUserOptions> for DeviceConfig {
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..tag.len()].copy_from_slice(tag.as_bytes());
         // num_request_queues <= 63, so the cast is lossless.
-        config_space[MAX_TAG_LEN..].copy_from_slice(&(opts.num_request_queues as u32).to_le_bytes());
+        config_space[MAX_TAG_LEN..]
+            .copy_from_slice(&(opts.num_request_queues as u32).to_le_bytes());
         Ok(Self {
             config_space,
             num_queues: opts.num_request_queues + 1,
@@ -400,7 +405,10 @@ impl Inner {
                 Some(permit)
             }
             Err(_) => {
-                tracing::debug!("queue {q}: {} requests in flight, pausing", self.cfg.max_inflight);
+                tracing::debug!(
+                    "queue {q}: {} requests in flight, pausing",
+                    self.cfg.max_inflight
+                );
                 None
             }
         }
@@ -456,7 +464,12 @@ impl Inner {
         }
     }
 
-    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit) {
+    fn spawn_request(
+        self: &Arc<Self>,
+        pending: Pending,
+        req: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let guard = Inflight {
             inner: self.clone(),
             permit: Some(permit),
@@ -575,18 +588,21 @@ fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
         unique: None,
     };
     let mut readable: u64 = 0;
+    let mut truncated = false;
     for desc in chain.clone() {
         if !desc.is_write_only() {
             readable += u64::from(desc.len());
         }
+        // The walk stops early (TTL spent on a loop, `next` out of the table,
+        // unreadable table, length overflow) with a NEXT flag still set.
+        truncated = desc.has_next();
     }
     // Validate the writable part now, so a completion can always build its writer.
-    Writer::<()>::new(mem, chain.clone())
-        .map_err(|e| reject(format!("bad writable part: {e}")))?;
+    Writer::<()>::new(mem, chain.clone()).map_err(|e| reject(format!("bad writable part: {e}")))?;
     let mut reader = Reader::<()>::new(mem, chain.clone())
         .map_err(|e| reject(format!("bad readable part: {e}")))?;
 
-    if readable < FUSE_IN_HEADER_LEN as u64 || readable > MAX_REQUEST_LEN {
+    if truncated || readable < FUSE_IN_HEADER_LEN as u64 || readable > MAX_REQUEST_LEN {
         let mut head = [0u8; 16];
         let unique = if readable >= 16 {
             io::Read::read_exact(&mut reader, &mut head)
@@ -595,7 +611,9 @@ fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
         } else {
             None
         };
-        let what = if readable < FUSE_IN_HEADER_LEN as u64 {
+        let what = if truncated {
+            "from a chain that loops or links outside its descriptor table"
+        } else if readable < FUSE_IN_HEADER_LEN as u64 {
             "shorter than a fuse_in_header"
         } else {
             "over the request size limit"
@@ -657,7 +675,9 @@ fn write_reply(
     match io::Write::write_all(&mut writer, bytes) {
         Ok(()) => u32::try_from(bytes.len()).unwrap_or(0),
         Err(e) => {
-            tracing::warn!("queue {q}: head {head}: cannot write the reply: {e}; returning it unused");
+            tracing::warn!(
+                "queue {q}: head {head}: cannot write the reply: {e}; returning it unused"
+            );
             0
         }
     }

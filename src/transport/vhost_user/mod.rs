@@ -113,7 +113,9 @@ impl BackendChannel {
 
     fn lock(&self) -> MutexGuard<'_, Option<Backend>> {
         // A panic while holding this lock cannot leave the Option inconsistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -133,7 +133,6 @@ enum Seg {
 }
 
 struct Layout {
-    desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
     next_desc: u16,
@@ -141,7 +140,7 @@ struct Layout {
 }
 
 struct Rig {
-    rt: tokio::runtime::Runtime,
+    _rt: tokio::runtime::Runtime,
     mem: &'static GuestMemoryMmap,
     handler: Arc<TestHandler>,
     dev: FsDevice,
@@ -189,15 +188,15 @@ impl Rig {
         let mut kicks = Vec::new();
         let mut calls = Vec::new();
         for q in 0..dev.num_queues() {
-            let mock = MockSplitQueue::create(mem, GuestAddress(0x1000 * (q as u64 + 1)), QSIZE);
+            let base = GuestAddress(0x1000 * (q as u64 + 1));
+            let mock = MockSplitQueue::create(mem, base, QSIZE);
+            // The mock sizes the available ring in entries instead of bytes, so
+            // its used ring would overlap `used_event`: put the used ring apart.
+            let used = base.unchecked_add(0x800);
             let vring = Vring::new(atomic.clone(), QSIZE).unwrap();
             vring.set_queue_size(QSIZE);
             vring
-                .set_queue_info(
-                    mock.desc_table_addr().0,
-                    mock.avail_addr().0,
-                    mock.used_addr().0,
-                )
+                .set_queue_info(mock.desc_table_addr().0, mock.avail_addr().0, used.0)
                 .unwrap();
             vring.set_queue_ready(true);
             vring.set_enabled(true);
@@ -206,9 +205,8 @@ impl Rig {
             vring.set_kick(Some(eventfd_file(&kick)));
             vring.set_call(Some(eventfd_file(&call)));
             layouts.push(Layout {
-                desc: mock.desc_table_addr(),
                 avail: mock.avail_addr(),
-                used: mock.used_addr(),
+                used,
                 next_desc: 0,
                 mock,
             });
@@ -217,7 +215,7 @@ impl Rig {
             calls.push(call);
         }
         Rig {
-            rt,
+            _rt: rt,
             mem,
             handler,
             dev,
@@ -347,9 +345,7 @@ impl Rig {
 
     /// The device's `avail_event` (in the used ring).
     fn avail_event(&self, q: usize) -> u16 {
-        let a = self.layouts[q]
-            .used
-            .unchecked_add(4 + 8 * u64::from(QSIZE));
+        let a = self.layouts[q].used.unchecked_add(4 + 8 * u64::from(QSIZE));
         self.mem.read_obj(a).unwrap()
     }
 
@@ -371,7 +367,7 @@ fn normal_request_and_reply() {
     assert_eq!(rig.read(addrs[1], 27), expected);
     // Bytes after the reply are untouched.
     assert_eq!(rig.read(addrs[1] + 27, 4), vec![0xEE; 4]);
-    assert!(rig.signalled(1), "guest was not notified");
+    rig.wait_until("notification", || rig.signalled(1));
     assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 1);
 }
 
@@ -382,7 +378,12 @@ fn request_and_reply_spanning_descriptors() {
     let (a, b) = req.split_at(13);
     let (head, addrs) = rig.push(
         1,
-        vec![Seg::R(a.to_vec()), Seg::R(b.to_vec()), Seg::W(10), Seg::W(100)],
+        vec![
+            Seg::R(a.to_vec()),
+            Seg::R(b.to_vec()),
+            Seg::W(10),
+            Seg::W(100),
+        ],
     );
     rig.run(1);
     assert_eq!(rig.wait_used(1, 1), vec![(u32::from(head), 32)]);
@@ -478,11 +479,7 @@ fn readable_part_shorter_than_header() {
     let used = rig.wait_used(1, 3);
     assert_eq!(
         used,
-        vec![
-            (u32::from(h1), 16),
-            (u32::from(h2), 0),
-            (u32::from(h3), 0)
-        ]
+        vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]
     );
     assert_eq!(rig.read(a1[1], 16), out_header(16, -libc::EIO, 0x42));
     assert_eq!(rig.read(a2[1], 64), vec![0xEE; 64]);
@@ -503,7 +500,10 @@ fn descriptor_outside_guest_memory() {
     // Valid request, writable part outside memory.
     let (h3, _) = rig.push(
         1,
-        vec![Seg::R(request(OP_ECHO, 2, b"")), Seg::Raw(outside, 64, true)],
+        vec![
+            Seg::R(request(OP_ECHO, 2, b"")),
+            Seg::Raw(outside, 64, true),
+        ],
     );
     // Address near u64::MAX (overflow in address arithmetic).
     let (h4, _) = rig.push(1, vec![Seg::Raw(u64::MAX - 8, 64, false), Seg::W(64)]);
@@ -548,15 +548,111 @@ fn absurd_lengths_are_rejected() {
     let used = rig.wait_used(1, 3);
     assert_eq!(
         used,
-        vec![
-            (u32::from(h1), 16),
-            (u32::from(h2), 0),
-            (u32::from(h3), 0)
-        ]
+        vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]
     );
     assert_eq!(rig.read(a1[1], 16), out_header(16, -libc::EIO, 0x77));
     assert_eq!(rig.read(a2[1], 64), vec![0xEE; 64]);
     assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
+}
+
+/// Write raw descriptors at table indexes `first..` and publish `head`.
+fn publish_raw(rig: &Rig, q: usize, first: u16, descs: &[SplitDescriptor], head: u16) {
+    let l = &rig.layouts[q];
+    let table = l.avail.unchecked_sub(16 * u64::from(QSIZE));
+    for (i, d) in descs.iter().enumerate() {
+        let at = table.unchecked_add(16 * u64::from(first + i as u16));
+        rig.mem.write_obj(RawDescriptor::from(*d), at).unwrap();
+    }
+    let idx: u16 = rig.mem.read_obj(l.avail.unchecked_add(2)).unwrap();
+    rig.mem
+        .write_obj(head, l.avail.unchecked_add(4 + 2 * u64::from(idx % QSIZE)))
+        .unwrap();
+    rig.mem
+        .write_obj(idx.wrapping_add(1), l.avail.unchecked_add(2))
+        .unwrap();
+}
+
+#[test]
+fn looping_and_dangling_chains_are_rejected() {
+    let mut rig = Rig::new(1, 8);
+    let req = request(OP_ECHO, 0x31, b"");
+    let r = rig.alloc(64);
+    rig.mem.write_slice(&req, GuestAddress(r)).unwrap();
+    let w = rig.alloc(64);
+    rig.mem.write_slice(&[0xEE; 64], GuestAddress(w)).unwrap();
+    // 0 -> 1 -> 0 -> ...: a loop (the TTL ends the walk).
+    publish_raw(
+        &rig,
+        1,
+        0,
+        &[
+            SplitDescriptor::new(r, 40, VRING_F_NEXT, 1),
+            SplitDescriptor::new(w, 64, VRING_F_NEXT | VRING_F_WRITE, 0),
+        ],
+        0,
+    );
+    // 2 -> 200: `next` outside the table.
+    publish_raw(
+        &rig,
+        1,
+        2,
+        &[SplitDescriptor::new(r, 40, VRING_F_NEXT, 200)],
+        2,
+    );
+    rig.run(1);
+    let used = rig.wait_used(1, 2);
+    assert_eq!(used, vec![(0, 16), (2, 0)]);
+    assert_eq!(rig.read(w, 16), out_header(16, -libc::EIO, 0x31));
+    assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn indirect_descriptor_table() {
+    let mut rig = Rig::new(1, 8);
+    let req = request(OP_ECHO, 0x44, b"indirect");
+    let r = rig.alloc(64);
+    rig.mem.write_slice(&req, GuestAddress(r)).unwrap();
+    let w = rig.alloc(64);
+    let table = rig.alloc(32);
+    rig.mem
+        .write_obj(
+            RawDescriptor::from(SplitDescriptor::new(r, req.len() as u32, VRING_F_NEXT, 1)),
+            GuestAddress(table),
+        )
+        .unwrap();
+    rig.mem
+        .write_obj(
+            RawDescriptor::from(SplitDescriptor::new(w, 64, VRING_F_WRITE, 0)),
+            GuestAddress(table + 16),
+        )
+        .unwrap();
+    const VRING_F_INDIRECT: u16 = 4;
+    publish_raw(
+        &rig,
+        1,
+        0,
+        &[SplitDescriptor::new(table, 32, VRING_F_INDIRECT, 0)],
+        0,
+    );
+    rig.run(1);
+    assert_eq!(rig.wait_used(1, 1), vec![(0, 24)]);
+    let mut want = out_header(24, 0, 0x44);
+    want.extend_from_slice(b"indirect");
+    assert_eq!(rig.read(w, 24), want);
+}
+
+#[test]
+fn queue_not_ready_is_left_alone() {
+    let mut rig = Rig::new(1, 8);
+    rig.push(1, vec![Seg::R(request(OP_ECHO, 2, b"")), Seg::W(64)]);
+    rig.vrings[1].set_queue_ready(false);
+    rig.run(1);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
+    assert!(rig.used(1).is_empty());
+    rig.vrings[1].set_queue_ready(true);
+    rig.run(1);
+    assert_eq!(rig.wait_used(1, 1)[0].1, 16);
 }
 
 #[test]
@@ -575,7 +671,10 @@ fn concurrency_bound_pauses_and_resumes() {
     let mut rig = Rig::new(1, 2);
     let mut heads = Vec::new();
     for i in 0..5u64 {
-        heads.push(rig.push(1, vec![Seg::R(request(OP_GATED, 2 * i, b"")), Seg::W(64)]).0);
+        heads.push(
+            rig.push(1, vec![Seg::R(request(OP_GATED, 2 * i, b"")), Seg::W(64)])
+                .0,
+        );
     }
     rig.run(1);
     rig.wait_until("two requests in the handler", || {
@@ -621,7 +720,11 @@ fn bound_is_per_device_across_queues() {
     });
     rig.run(2);
     std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(rig.vrings[2].queue_next_avail(), 0, "queue 2 popped without a permit");
+    assert_eq!(
+        rig.vrings[2].queue_next_avail(),
+        0,
+        "queue 2 popped without a permit"
+    );
     rig.handler.gate.add_permits(1);
     rig.wait_used(1, 1);
     // Queue 2 (not the completing queue) is woken.
@@ -634,7 +737,10 @@ fn bound_is_per_device_across_queues() {
 fn multiqueue_and_high_priority_queue() {
     let mut rig = Rig::new(2, 8);
     for q in 0..3 {
-        let (head, addrs) = rig.push(q, vec![Seg::R(request(OP_ECHO, 10 + q as u64, b"q")), Seg::W(64)]);
+        let (head, addrs) = rig.push(
+            q,
+            vec![Seg::R(request(OP_ECHO, 10 + q as u64, b"q")), Seg::W(64)],
+        );
         rig.run(q);
         assert_eq!(rig.wait_used(q, 1), vec![(u32::from(head), 17)]);
         assert_eq!(rig.read(addrs[1], 16), out_header(17, 0, 10 + q as u64));
@@ -650,14 +756,18 @@ fn completion_after_queue_stop_is_dropped() {
     let mut rig = Rig::new(1, 8);
     let (_, addrs) = rig.push(1, vec![Seg::R(request(OP_GATED, 2, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
+    rig.wait_until("request running", || {
+        rig.handler.current.load(Ordering::SeqCst) == 1
+    });
     // GET_VRING_BASE: queue not ready, then stop_vring; then the front-end
     // restarts the queue (ready again) before the old request finishes.
     rig.vrings[1].set_queue_ready(false);
     rig.dev.stop_vring(1).unwrap();
     rig.vrings[1].set_queue_ready(true);
     rig.handler.gate.add_permits(1);
-    rig.wait_until("handler done", || rig.handler.finished.load(Ordering::SeqCst) == 1);
+    rig.wait_until("handler done", || {
+        rig.handler.finished.load(Ordering::SeqCst) == 1
+    });
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
     assert!(rig.used(1).is_empty());
     assert_eq!(rig.read(addrs[1], 64), vec![0xEE; 64]);
@@ -669,7 +779,9 @@ fn completion_after_reset_or_disconnect_is_dropped() {
     let mut rig = Rig::new(1, 8);
     let (_, a1) = rig.push(1, vec![Seg::R(request(OP_GATED, 2, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
+    rig.wait_until("request running", || {
+        rig.handler.current.load(Ordering::SeqCst) == 1
+    });
     rig.dev.reset_device();
     rig.handler.gate.add_permits(1);
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
@@ -685,7 +797,9 @@ fn completion_after_reset_or_disconnect_is_dropped() {
     // ...until the front-end disconnects.
     let (_, a3) = rig.push(1, vec![Seg::R(request(OP_GATED, 6, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
+    rig.wait_until("request running", || {
+        rig.handler.current.load(Ordering::SeqCst) == 1
+    });
     rig.dev.disconnect();
     rig.handler.gate.add_permits(1);
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
@@ -702,9 +816,13 @@ fn event_idx_notification_suppression() {
     rig.push(1, vec![Seg::R(request(OP_ECHO, 2, b"")), Seg::W(64)]);
     rig.run(1);
     rig.wait_used(1, 1);
+    rig.wait_until("completion done", || rig.dev.inflight() == 0);
     // Draining re-enabled notifications: avail_event = next available index.
     assert_eq!(rig.avail_event(1), 1);
-    assert!(!rig.signalled(1), "notified although used_event says not yet");
+    assert!(
+        !rig.signalled(1),
+        "notified although used_event says not yet"
+    );
 
     // Now the guest wants a notification for the next used entry (index 1).
     rig.set_used_event(1, 1);
@@ -735,7 +853,11 @@ fn config_space_slices() {
             let start = (offset as usize).min(CONFIG_LEN);
             let want_len = (size as usize).min(CONFIG_LEN - start);
             assert_eq!(got.len(), want_len, "offset {offset} size {size}");
-            assert_eq!(got[..], full[start..start + want_len], "offset {offset} size {size}");
+            assert_eq!(
+                got[..],
+                full[start..start + want_len],
+                "offset {offset} size {size}"
+            );
         }
     }
     assert!(config_slice(&[], 0, 5).is_empty());
@@ -755,14 +877,38 @@ fn tag_and_options_validation() {
     .unwrap();
     assert_eq!(&cfg.config_space[..36], tag36.as_bytes());
     for bad in [
-        VhostUserOptions { tag: Some("a".repeat(37)), ..ok.clone() },
-        VhostUserOptions { tag: Some("a\0b".into()), ..ok.clone() },
-        VhostUserOptions { num_request_queues: 0, ..ok.clone() },
-        VhostUserOptions { num_request_queues: 64, ..ok.clone() },
-        VhostUserOptions { queue_size: 2048, ..ok.clone() },
-        VhostUserOptions { queue_size: 1000, ..ok.clone() },
-        VhostUserOptions { queue_size: 0, ..ok.clone() },
-        VhostUserOptions { max_inflight: 0, ..ok.clone() },
+        VhostUserOptions {
+            tag: Some("a".repeat(37)),
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            tag: Some("a\0b".into()),
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            num_request_queues: 0,
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            num_request_queues: 64,
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            queue_size: 2048,
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            queue_size: 1000,
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            queue_size: 0,
+            ..ok.clone()
+        },
+        VhostUserOptions {
+            max_inflight: 0,
+            ..ok.clone()
+        },
     ] {
         let err = DeviceConfig::try_from(&bad).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
@@ -787,7 +933,10 @@ fn features_and_protocol_features() {
     );
     // Bits as the spec numbers them: MQ 0, REPLY_ACK 3, BACKEND_REQ 5,
     // CONFIG 9, BACKEND_SEND_FD 10, CONFIGURE_MEM_SLOTS 15.
-    assert_eq!(p.bits(), (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 15));
+    assert_eq!(
+        p.bits(),
+        (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 15)
+    );
     assert_eq!(rig.dev.num_queues(), 4);
     assert_eq!(rig.dev.max_queue_size(), usize::from(QSIZE));
     assert_eq!(rig.dev.queues_per_thread(), vec![0b1111]);
@@ -808,7 +957,11 @@ fn vhost_get_u64(sock: &mut UnixStream, request: u32) -> u64 {
     let mut reply = [0u8; 20];
     sock.read_exact(&mut reply).unwrap();
     assert_eq!(u32::from_le_bytes(reply[0..4].try_into().unwrap()), request);
-    assert_eq!(u32::from_le_bytes(reply[4..8].try_into().unwrap()) & 0x4, 0x4, "reply flag");
+    assert_eq!(
+        u32::from_le_bytes(reply[4..8].try_into().unwrap()) & 0x4,
+        0x4,
+        "reply flag"
+    );
     assert_eq!(u32::from_le_bytes(reply[8..12].try_into().unwrap()), 8);
     u64::from_le_bytes(reply[12..20].try_into().unwrap())
 }

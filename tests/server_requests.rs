@@ -1,0 +1,218 @@
+//! Malformed and hostile requests straight into the FUSE server over the
+//! memory back-end: every one gets an errno reply (or, for requests that take
+//! none, no reply) and the server keeps serving.
+
+use std::sync::Arc;
+
+use ovfs::config::Config;
+use ovfs::fuse::abi::{self, Opcode, Pod};
+use ovfs::fuse::client::{self, Reply};
+use ovfs::fuse::Server;
+use ovfs::vfs::ObjectFs;
+
+fn server() -> Arc<Server<ObjectFs>> {
+    ovfs::cli::build_server(&Config::default_memory()).expect("memory server").0
+}
+
+async fn call(s: &Server<ObjectFs>, req: &[u8]) -> Option<Reply> {
+    s.dispatch(req).await.map(|r| Reply::parse(&r).expect("well-formed reply"))
+}
+
+async fn ready() -> Arc<Server<ObjectFs>> {
+    let s = server();
+    let r = call(&s, &client::init(2, 0)).await.unwrap();
+    assert_eq!(r.errno, 0);
+    let out: abi::fuse_init_out = r.get().unwrap();
+    assert_eq!(out.major, 7);
+    assert!(out.max_write >= 4096);
+    s
+}
+
+async fn errno(s: &Server<ObjectFs>, req: &[u8]) -> i32 {
+    call(s, req).await.expect("a reply").errno
+}
+
+/// The server still answers a normal request.
+async fn alive(s: &Server<ObjectFs>) {
+    assert_eq!(errno(s, &client::getattr(9998, 1)).await, 0, "server stopped serving");
+}
+
+#[tokio::test]
+async fn requests_before_init_get_eio() {
+    let s = server();
+    assert_eq!(errno(&s, &client::getattr(4, 1)).await, libc::EIO);
+    assert!(call(&s, &client::forget(6, 1, 1)).await.is_none());
+}
+
+#[tokio::test]
+async fn truncated_and_lying_headers() {
+    let s = ready().await;
+    let good = client::getattr(10, 1);
+    // Truncated header: unique readable -> EINVAL; shorter -> dropped.
+    let r = call(&s, &good[..39]).await.unwrap();
+    assert_eq!((r.errno, r.unique), (libc::EINVAL, 10));
+    assert!(call(&s, &good[..7]).await.is_none());
+    assert!(call(&s, &[]).await.is_none());
+    // Declared length beyond the buffer.
+    let mut long = good.clone();
+    long[0..4].copy_from_slice(&1000u32.to_le_bytes());
+    assert_eq!(errno(&s, &long).await, libc::EINVAL);
+    // Declared length shorter than the header.
+    let mut short = good.clone();
+    short[0..4].copy_from_slice(&8u32.to_le_bytes());
+    assert_eq!(errno(&s, &short).await, libc::EINVAL);
+    // Body shorter than the op's struct.
+    let mut r = client::request(Opcode::Getattr, 12, 1, &[&[0u8; 3]]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    r = client::request(Opcode::Read, 13, 1, &[&[0u8; 39]]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    // Unknown opcodes.
+    for op in [0u32, 7, 19, 53, 4096, u32::MAX] {
+        let mut r = client::getattr(14, 1);
+        r[4..8].copy_from_slice(&op.to_le_bytes());
+        assert_eq!(errno(&s, &r).await, libc::ENOSYS, "opcode {op}");
+    }
+    alive(&s).await;
+}
+
+#[tokio::test]
+async fn bad_names() {
+    let s = ready().await;
+    // No NUL terminator.
+    let r = client::request(Opcode::Lookup, 20, 1, &[b"abc"]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    for bad in ["a/b", "/", ".", "..", ""] {
+        assert_eq!(errno(&s, &client::lookup(21, 1, bad)).await, libc::EINVAL, "lookup {bad:?}");
+        assert_eq!(errno(&s, &client::mkdir(22, 1, bad, 0o755)).await, libc::EINVAL, "mkdir {bad:?}");
+        assert_eq!(errno(&s, &client::create(23, 1, bad, 0o644, 0o101)).await, libc::EINVAL, "create {bad:?}");
+    }
+    let long = "x".repeat(4096);
+    assert_eq!(errno(&s, &client::lookup(24, 1, &long)).await, libc::ENAMETOOLONG);
+    // RENAME with only one name.
+    let r = client::request(Opcode::Rename, 25, 1, &[abi::fuse_rename_in { newdir: 1 }.as_bytes(), b"a\0"]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    // Invalid UTF-8 cannot be an object key.
+    let r = client::request(Opcode::Lookup, 26, 1, &[b"\xff\xfe\0"]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    alive(&s).await;
+}
+
+#[tokio::test]
+async fn huge_counts_and_sizes() {
+    let s = ready().await;
+    // BATCH_FORGET claiming 4 billion entries, carrying one.
+    let b = abi::fuse_batch_forget_in { count: u32::MAX, dummy: 0 };
+    let one = abi::fuse_forget_one { nodeid: 12345, nlookup: 1 };
+    let r = client::request(Opcode::BatchForget, 30, 0, &[b.as_bytes(), one.as_bytes()]);
+    assert!(call(&s, &r).await.is_none());
+    // WRITE whose size exceeds the data carried.
+    let w = abi::fuse_write_in { fh: 1, offset: 0, size: u32::MAX, ..Default::default() };
+    let r = client::request(Opcode::Write, 31, 1, &[w.as_bytes(), b"abc"]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    // SETXATTR whose size exceeds the data carried.
+    let x = abi::fuse_setxattr_in { size: u32::MAX, ..Default::default() };
+    let r = client::request(Opcode::Setxattr, 32, 1, &[x.as_bytes(), b"user.a\0", b"v"]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    // READDIR asking for 4 GiB on a forged handle.
+    assert_eq!(errno(&s, &client::readdir(33, 1, 777, 0, u32::MAX, true)).await, libc::EBADF);
+    // REMOVEMAPPING with a huge count (no DAX window): ENOSYS, no allocation.
+    let r = client::request(Opcode::RemoveMapping, 34, 1, &[abi::fuse_removemapping_in { count: u32::MAX }.as_bytes()]);
+    assert_eq!(errno(&s, &r).await, libc::ENOSYS);
+    alive(&s).await;
+}
+
+#[tokio::test]
+async fn unknown_nodes_and_forged_handles() {
+    let s = ready().await;
+    assert_eq!(errno(&s, &client::getattr(40, 999_999)).await, libc::ENOENT);
+    assert_eq!(errno(&s, &client::lookup(41, 999_999, "a")).await, libc::ENOENT);
+    assert_eq!(errno(&s, &client::read(42, 1, 123, 0, 10)).await, libc::EBADF);
+    // A file, then a forged handle and a directory handle used on it.
+    let r = call(&s, &client::create(43, 1, "f", 0o100644, libc::O_RDWR as u32)).await.unwrap();
+    assert_eq!(r.errno, 0);
+    let e: abi::fuse_entry_out = r.get().unwrap();
+    let o = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap();
+    assert_eq!(errno(&s, &client::write(44, e.nodeid, o.fh + 1000, 0, b"x")).await, libc::EBADF);
+    let d = call(&s, &client::opendir(45, 1)).await.unwrap();
+    let dfh = d.get::<abi::fuse_open_out>().unwrap().fh;
+    assert_eq!(errno(&s, &client::read(46, e.nodeid, dfh, 0, 10)).await, libc::EBADF);
+    assert_eq!(errno(&s, &client::readdir(47, 1, o.fh, 0, 4096, false)).await, libc::EBADF);
+    // A handle of one node used on another.
+    assert_eq!(errno(&s, &client::read(48, 1, o.fh, 0, 10)).await, libc::EBADF);
+    // Offsets near 2^64.
+    let r = call(&s, &client::read(49, e.nodeid, o.fh, u64::MAX - 1, 4096)).await.unwrap();
+    assert_eq!((r.errno, r.body.len()), (0, 0));
+    assert_eq!(errno(&s, &client::write(50, e.nodeid, o.fh, u64::MAX - 1, b"abc")).await, libc::EFBIG);
+    assert_eq!(errno(&s, &client::write(51, e.nodeid, o.fh, 1 << 62, b"abc")).await, libc::EFBIG);
+    // The real handle still works.
+    assert_eq!(errno(&s, &client::write(52, e.nodeid, o.fh, 0, b"hello")).await, 0);
+    assert_eq!(errno(&s, &client::release(53, e.nodeid, o.fh)).await, 0);
+    // Released handle is gone.
+    assert_eq!(errno(&s, &client::read(54, e.nodeid, o.fh, 0, 10)).await, libc::EBADF);
+    // Forgotten node.
+    assert!(call(&s, &client::forget(55, e.nodeid, 1)).await.is_none());
+    assert_eq!(errno(&s, &client::getattr(56, e.nodeid)).await, libc::ENOENT);
+    alive(&s).await;
+}
+
+#[tokio::test]
+async fn write_then_read_back_through_the_protocol() {
+    let s = ready().await;
+    let r = call(&s, &client::create(60, 1, "data", 0o100644, libc::O_RDWR as u32)).await.unwrap();
+    let e: abi::fuse_entry_out = r.get().unwrap();
+    let fh = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap().fh;
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for (i, chunk) in payload.chunks(65536).enumerate() {
+        let w = call(&s, &client::write(61, e.nodeid, fh, (i * 65536) as u64, chunk)).await.unwrap();
+        assert_eq!(w.get::<abi::fuse_write_out>().unwrap().size as usize, chunk.len());
+    }
+    assert_eq!(errno(&s, &client::flush(62, e.nodeid, fh)).await, 0);
+    assert_eq!(errno(&s, &client::release(63, e.nodeid, fh)).await, 0);
+    let o = call(&s, &client::open(64, e.nodeid, libc::O_RDONLY as u32)).await.unwrap();
+    let fh = o.get::<abi::fuse_open_out>().unwrap().fh;
+    let mut got = Vec::new();
+    loop {
+        let r = call(&s, &client::read(65, e.nodeid, fh, got.len() as u64, 131072)).await.unwrap();
+        assert_eq!(r.errno, 0);
+        if r.body.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&r.body);
+    }
+    assert_eq!(got, payload);
+    let a = call(&s, &client::getattr(66, e.nodeid)).await.unwrap();
+    assert_eq!(a.get::<abi::fuse_attr_out>().unwrap().attr.size, payload.len() as u64);
+}
+
+#[tokio::test]
+async fn readdirplus_lookup_counts_balance() {
+    let s = ready().await;
+    for i in 0..50 {
+        let r = call(&s, &client::create(70 + i, 1, &format!("file-with-a-longish-name-{i:03}"), 0o100644, 1)).await.unwrap();
+        let e: abi::fuse_entry_out = r.get().unwrap();
+        let fh = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap().fh;
+        assert_eq!(errno(&s, &client::release(200 + i, e.nodeid, fh)).await, 0);
+        assert!(call(&s, &client::forget(300 + i, e.nodeid, 1)).await.is_none());
+    }
+    let base = s.filesystem().counts().0;
+    let d = call(&s, &client::opendir(400, 1)).await.unwrap();
+    let fh = d.get::<abi::fuse_open_out>().unwrap().fh;
+    // A small buffer: most entries do not fit; their references must be given back.
+    let r = call(&s, &client::readdir(401, 1, fh, 0, 600, true)).await.unwrap();
+    assert_eq!(r.errno, 0);
+    let mut delivered = Vec::new();
+    let mut off = 0;
+    while off + 152 <= r.body.len() {
+        let p = abi::fuse_direntplus::from_prefix(&r.body[off..]).unwrap();
+        if p.entry_out.nodeid != 0 {
+            delivered.push(p.entry_out.nodeid);
+        }
+        off += (152 + p.dirent.namelen as usize + 7) & !7;
+    }
+    assert!(!delivered.is_empty() && delivered.len() < 50);
+    assert_eq!(s.filesystem().counts().0, base + delivered.len(), "only delivered entries hold references");
+    for id in delivered {
+        call(&s, &client::forget(500, id, 1)).await;
+    }
+    assert_eq!(s.filesystem().counts().0, base);
+}
