@@ -8,8 +8,9 @@
 //!   OpenDAL option keys, passed through unchanged (TOML booleans and numbers
 //!   are stringified). **If the section is absent the in-memory back-end is
 //!   used** (handy for tests; nothing persists);
-//! - `[backend_settings]`: retry/timeout policy and the POSIX defaults shown
-//!   for objects that carry no mode/uid/gid metadata.
+//! - `[backend_settings]`: retry/timeout policy, the POSIX defaults shown
+//!   for objects that carry no mode/uid/gid metadata, and fault injection
+//!   (`inject_*` keys: for testing; off by default).
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
@@ -116,9 +117,14 @@ impl fmt::Debug for StorageSettings {
     }
 }
 
-/// `[backend_settings]`: how the OpenDAL operator is wrapped, and POSIX
-/// defaults for objects without metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `[backend_settings]`: how the OpenDAL operator is wrapped, POSIX defaults
+/// for objects without metadata, and fault injection.
+///
+/// The `inject_*` keys are **for testing; off by default**. They make the
+/// back-end slow or unreliable on purpose so that tests can check that a
+/// stalled call does not hold up unrelated requests and that retries and
+/// error paths behave. They never change what is stored.
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackendSettings {
     /// Bound on a whole back-end operation (including retries).
     pub timeout: Duration,
@@ -132,6 +138,31 @@ pub struct BackendSettings {
     pub default_dir_mode: u32,
     pub default_uid: u32,
     pub default_gid: u32,
+    /// For testing; off by default (0). Extra delay (`tokio::time::sleep`)
+    /// before every public async back-end call (lookup, list, read, write,
+    /// writer, create_dir, delete_file, remove_dir, rename_file, set_posix)
+    /// whose path matches [`inject_latency_paths`](Self::inject_latency_paths).
+    /// The delay counts against `timeout`, like a slow service would.
+    pub inject_latency: Duration,
+    /// For testing. Path prefix selecting the calls delayed by
+    /// `inject_latency`: a call is delayed when its back-end path (relative,
+    /// no leading `/`; `""` is the root) starts with this string (a plain
+    /// string prefix: `"a"` matches `a`, `a/x` and `ab`). A rename matches
+    /// if either side does. Empty (the default) matches every path. A leading
+    /// `/` in the configured value is ignored.
+    pub inject_latency_paths: String,
+    /// For testing; off by default (0.0). Fraction, 0.0..=1.0, of OpenDAL
+    /// calls (stat, create_dir, rename, reader open/read, writer
+    /// write/copy/close, lister next, delete, copy) that fail with a
+    /// temporary error *below* the retry layer: they are retried with the
+    /// configured back-off, so most are absorbed; one surfaces only if every
+    /// attempt fails.
+    pub inject_error_rate: f64,
+    /// For testing; off by default (0.0). Fraction, 0.0..=1.0, of the same
+    /// OpenDAL calls that fail with a permanent error *above* the retry
+    /// layer: each one surfaces as an error ([`crate::backend::ErrorKind::Unexpected`],
+    /// EIO in the guest). 1.0 makes every back-end call fail.
+    pub inject_error_rate_final: f64,
 }
 
 impl Default for BackendSettings {
@@ -146,6 +177,10 @@ impl Default for BackendSettings {
             default_dir_mode: 0o755,
             default_uid: 0,
             default_gid: 0,
+            inject_latency: Duration::ZERO,
+            inject_latency_paths: String::new(),
+            inject_error_rate: 0.0,
+            inject_error_rate_final: 0.0,
         }
     }
 }
@@ -326,6 +361,21 @@ fn get_usize(section: &str, key: &str, v: &Value) -> Result<usize, ConfigError> 
         .map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
 }
 
+/// A fraction in 0.0..=1.0 (a TOML float, or the integers 0 and 1).
+fn get_fraction(section: &str, key: &str, v: &Value) -> Result<f64, ConfigError> {
+    let f = match v {
+        Value::Float(f) => *f,
+        Value::Integer(i) => *i as f64,
+        _ => return Err(wrong_type(section, key, "a number in 0.0..=1.0", v)),
+    };
+    if !(0.0..=1.0).contains(&f) {
+        return Err(ConfigError::new(format!(
+            "{section}.{key}: must be within 0.0..=1.0, got {f}"
+        )));
+    }
+    Ok(f)
+}
+
 fn get_string(section: &str, key: &str, v: &Value) -> Result<String, ConfigError> {
     v.as_str()
         .map(str::to_string)
@@ -483,6 +533,16 @@ fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
             "default_dir_mode" => b.default_dir_mode = get_mode(S, k, v)?,
             "default_uid" => b.default_uid = get_u32(S, k, v)?,
             "default_gid" => b.default_gid = get_u32(S, k, v)?,
+            "inject_latency" => b.inject_latency = get_duration(S, k, v)?,
+            "inject_latency_paths" => {
+                let p = get_string(S, k, v)?;
+                if p.contains('\0') {
+                    return Err(ConfigError::new(format!("{S}.{k}: must not contain NUL")));
+                }
+                b.inject_latency_paths = p.trim_start_matches('/').to_string();
+            }
+            "inject_error_rate" => b.inject_error_rate = get_fraction(S, k, v)?,
+            "inject_error_rate_final" => b.inject_error_rate_final = get_fraction(S, k, v)?,
             _ => return Err(unknown_key(S, k)),
         }
     }
@@ -720,6 +780,57 @@ secret_access_key = "adminsecret"
         );
         let e = err("[backend_settings]\nretry_min_delay = \"5s\"\nretry_max_delay = \"1s\"\n");
         assert!(e.contains("retry_min_delay"), "{e}");
+    }
+
+    #[test]
+    fn fault_injection_keys() {
+        let d = BackendSettings::default();
+        assert_eq!(d.inject_latency, Duration::ZERO);
+        assert_eq!(d.inject_latency_paths, "");
+        assert_eq!(d.inject_error_rate, 0.0);
+        assert_eq!(d.inject_error_rate_final, 0.0);
+        let cfg = Config::parse(
+            "[backend_settings]\ninject_latency = \"2s\"\ninject_latency_paths = \"/slow/\"\ninject_error_rate = 0.25\ninject_error_rate_final = 1\n",
+        )
+        .expect("parses");
+        let b = &cfg.backend_settings;
+        assert_eq!(b.inject_latency, Duration::from_secs(2));
+        assert_eq!(b.inject_latency_paths, "slow/", "leading / ignored");
+        assert_eq!(b.inject_error_rate, 0.25);
+        assert_eq!(b.inject_error_rate_final, 1.0);
+        let cfg = Config::parse("[backend_settings]\ninject_latency = \"200ms\"\n").expect("ms");
+        assert_eq!(
+            cfg.backend_settings.inject_latency,
+            Duration::from_millis(200)
+        );
+
+        for (key, val) in [
+            ("inject_error_rate", "1.5"),
+            ("inject_error_rate", "-0.1"),
+            ("inject_error_rate", "nan"),
+            ("inject_error_rate_final", "2"),
+            ("inject_error_rate_final", "inf"),
+        ] {
+            let e = err(&format!("[backend_settings]\n{key} = {val}\n"));
+            assert!(
+                e.starts_with(&format!(
+                    "config: backend_settings.{key}: must be within 0.0..=1.0"
+                )),
+                "{e}"
+            );
+        }
+        let e = err("[backend_settings]\ninject_error_rate = \"0.5\"\n");
+        assert!(
+            e.contains("backend_settings.inject_error_rate: expected a number"),
+            "{e}"
+        );
+        let e = err("[backend_settings]\ninject_latency = \"soon\"\n");
+        assert!(
+            e.contains("backend_settings.inject_latency: invalid duration"),
+            "{e}"
+        );
+        let e = err("[backend_settings]\ninject_latency_paths = 3\n");
+        assert!(e.contains("backend_settings.inject_latency_paths"), "{e}");
     }
 
     #[test]

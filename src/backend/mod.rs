@@ -17,16 +17,28 @@
 //! (`mode`, `uid`, `gid`, `mtime`, decimal strings) where the service supports
 //! user metadata.
 //!
+//! On `fs`, POSIX attributes live in `user.*` xattrs (OpenDAL's fs service
+//! maps user metadata to them). The back-end reads them directly for listed
+//! entries (so `list` returns the same `posix` as `lookup`, see
+//! [`Caps::listing_has_posix`]) and writes them in place for `set_posix` and
+//! `create_dir_with` (files and directories, no content rewrite).
+//!
+//! Fault injection for tests (`inject_*` in `[backend_settings]`, off by
+//! default): a latency before every public async call whose path matches a
+//! prefix, and error layers below and above the retry layer (`faults.rs`).
+//!
 //! Paths are relative (`""` is the root), never start or end with `/`; odd
 //! input yields [`ErrorKind::InvalidInput`], never a panic. No error message
 //! carries a credential: messages are built from OpenDAL's message and source
 //! chain and every configured secret value is scrubbed from them.
 
+mod faults;
 mod strict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +50,7 @@ use opendal::options::{CopyOptions, ListOptions, ReadOptions, RenameOptions, Wri
 use opendal::{Capability, Configurator, EntryMode, Operator};
 
 use crate::config::{is_secret_key, BackendSettings, StorageSettings};
+use faults::{FaultLayer, FaultState};
 
 /// Kind of a directory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,13 +100,55 @@ impl PosixMeta {
         let Some(um) = md.user_metadata() else {
             return PosixMeta::default();
         };
-        let num = |k: &str| um.get(k).and_then(|s| s.trim().parse::<u32>().ok());
+        PosixMeta::from_lookup(|k| um.get(k).map(str::to_string))
+    }
+
+    /// Decode from a key -> value lookup (s3fs names and encodings).
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> PosixMeta {
+        let num = |k: &str| get(k).and_then(|s| s.trim().parse::<u32>().ok());
         PosixMeta {
             mode: num("mode"),
             uid: num("uid"),
             gid: num("gid"),
-            mtime: um.get("mtime").and_then(parse_mtime),
+            mtime: get("mtime").as_deref().and_then(parse_mtime),
         }
+    }
+}
+
+/// xattr namespace OpenDAL's fs service stores user metadata in.
+const XATTR_USER_PREFIX: &str = "user.";
+
+/// POSIX attributes from the `user.*` xattrs of a local path (fs service).
+/// Missing, unreadable or unsupported xattrs read as absent.
+fn read_posix_xattrs(path: &Path) -> PosixMeta {
+    PosixMeta::from_lookup(|k| {
+        xattr::get(path, format!("{XATTR_USER_PREFIX}{k}"))
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+    })
+}
+
+/// Store the set fields of `posix` as `user.*` xattrs of a local path, in
+/// place (fs service).
+fn write_posix_xattrs(path: &Path, posix: &PosixMeta) -> std::io::Result<()> {
+    for (k, v) in posix.to_pairs() {
+        xattr::set(path, format!("{XATTR_USER_PREFIX}{k}"), v.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Map a local I/O error (fs xattr calls) to an [`ErrorKind`].
+fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as I;
+    match e.kind() {
+        I::NotFound => ErrorKind::NotFound,
+        I::PermissionDenied | I::ReadOnlyFilesystem => ErrorKind::PermissionDenied,
+        I::Unsupported => ErrorKind::Unsupported,
+        I::NotADirectory => ErrorKind::NotDirectory,
+        I::TimedOut => ErrorKind::Timeout,
+        _ if e.raw_os_error() == Some(libc::ENOTSUP) => ErrorKind::Unsupported,
+        _ => ErrorKind::Unexpected,
     }
 }
 
@@ -126,8 +181,10 @@ pub struct Meta {
     /// Last-modified time reported by the service, if any.
     pub mtime: Option<SystemTime>,
     pub etag: Option<String>,
-    /// POSIX attributes from user metadata ([`Backend::lookup`] only; entries
-    /// from [`Backend::list`] carry none because listings do not return them).
+    /// POSIX attributes from user metadata. Always filled by
+    /// [`Backend::lookup`]; filled by [`Backend::list`] only where
+    /// [`Caps::listing_has_posix`] (fs: read from xattrs; S3 listings carry no
+    /// user metadata, so listed entries have none there).
     pub posix: PosixMeta,
 }
 
@@ -184,6 +241,12 @@ pub struct Caps {
     pub write: bool,
     pub list: bool,
     pub delete: bool,
+    /// [`Backend::list`] returns complete POSIX metadata for every entry, so
+    /// READDIRPLUS attributes are as good as LOOKUP's and may be cached:
+    /// true on fs (xattrs read per entry) and on services without user
+    /// metadata (memory: there is nothing to return); false on S3 and other
+    /// object stores (ListObjectsV2 returns no user metadata).
+    pub listing_has_posix: bool,
 }
 
 /// Error categories; the vfs maps them to errno.
@@ -386,6 +449,15 @@ struct Inner {
     /// Stage writes in a temporary sibling and rename it into place (fs
     /// without `atomic_write_dir` writes in place, so is not atomic).
     staged: bool,
+    /// The canonical local root on `fs` (xattrs are read/written there).
+    fs_root: Option<PathBuf>,
+    /// `inject_latency`: delay before each public async call (test only).
+    latency: Duration,
+    /// `inject_latency_paths`: only paths starting with it are delayed.
+    latency_prefix: String,
+    /// Fault layers below / above the retry layer, when installed.
+    faults_retried: Option<Arc<FaultState>>,
+    faults_final: Option<Arc<FaultState>>,
 }
 
 /// Name prefix of temporary siblings used by staged writes; hidden from
@@ -562,9 +634,17 @@ impl Backend {
         } else {
             settings.timeout
         };
-        // Innermost first: concurrency limit, per-attempt timeout, retry.
-        // The whole-operation bound (`timeout`) is applied around each call.
-        let op = op
+        // The fs root as the service resolved it (canonical), before layering.
+        let fs_root = (scheme == "fs").then(|| PathBuf::from(op.info().root()));
+        // Innermost first: concurrency limit, per-attempt timeout, injected
+        // temporary faults (test only), retry, injected final faults (test
+        // only). The whole-operation bound (`timeout`) is applied around each
+        // call.
+        let faults_retried = (settings.inject_error_rate > 0.0)
+            .then(|| FaultState::new(settings.inject_error_rate, true));
+        let faults_final = (settings.inject_error_rate_final > 0.0)
+            .then(|| FaultState::new(settings.inject_error_rate_final, false));
+        let mut op = op
             .layer(
                 ConcurrentLimitLayer::new(OP_CONCURRENCY)
                     .with_http_concurrent_limit(HTTP_CONCURRENCY),
@@ -573,14 +653,31 @@ impl Backend {
                 TimeoutLayer::new()
                     .with_timeout(io_timeout.min(timeout))
                     .with_io_timeout(io_timeout),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_jitter()
-                    .with_min_delay(settings.retry_min_delay)
-                    .with_max_delay(max_delay)
-                    .with_max_times(settings.retry_max_times),
             );
+        if let Some(f) = &faults_retried {
+            op = op.layer(FaultLayer::new(f.clone()));
+        }
+        op = op.layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_min_delay(settings.retry_min_delay)
+                .with_max_delay(max_delay)
+                .with_max_times(settings.retry_max_times),
+        );
+        if let Some(f) = &faults_final {
+            op = op.layer(FaultLayer::new(f.clone()));
+        }
+        if faults_retried.is_some() || faults_final.is_some() || !settings.inject_latency.is_zero()
+        {
+            tracing::warn!(
+                scheme = %scheme,
+                latency = ?settings.inject_latency,
+                latency_paths = %settings.inject_latency_paths,
+                error_rate = settings.inject_error_rate,
+                error_rate_final = settings.inject_error_rate_final,
+                "fault injection is enabled (for testing only)"
+            );
+        }
 
         let cap = op.info().capability();
         let native_dirs = NATIVE_DIR_SCHEMES.contains(&scheme.as_str());
@@ -601,6 +698,7 @@ impl Backend {
             write: cap.write,
             list: cap.list,
             delete: cap.delete,
+            listing_has_posix: fs_root.is_some() || !cap.write_with_user_metadata,
         };
         Ok(Backend {
             inner: Arc::new(Inner {
@@ -611,6 +709,14 @@ impl Backend {
                 timeout,
                 secrets,
                 staged,
+                fs_root,
+                latency: settings.inject_latency,
+                latency_prefix: settings
+                    .inject_latency_paths
+                    .trim_start_matches('/')
+                    .to_string(),
+                faults_retried,
+                faults_final,
             }),
         })
     }
@@ -631,6 +737,63 @@ impl Backend {
 
     fn op(&self) -> &Operator {
         &self.inner.op
+    }
+
+    /// Faults injected so far by `inject_error_rate` (below the retry layer,
+    /// so mostly absorbed by retries) and by `inject_error_rate_final`; for
+    /// tests. `(0, 0)` when fault injection is off.
+    pub fn injected_faults(&self) -> (u64, u64) {
+        let n = |f: &Option<Arc<FaultState>>| f.as_ref().map_or(0, |f| f.injected());
+        (n(&self.inner.faults_retried), n(&self.inner.faults_final))
+    }
+
+    /// `inject_latency` (test only): sleep when any of `paths` starts with
+    /// `inject_latency_paths` (or that prefix is empty).
+    async fn inject_delay(&self, paths: &[&str]) {
+        let d = self.inner.latency;
+        if d.is_zero() {
+            return;
+        }
+        let pre = self.inner.latency_prefix.as_str();
+        if pre.is_empty() || paths.iter().any(|p| p.starts_with(pre)) {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// The local path of `path` on fs (`path` already checked).
+    fn local_path(&self, path: &str) -> Option<PathBuf> {
+        self.inner.fs_root.as_ref().map(|root| {
+            if path.is_empty() {
+                root.clone()
+            } else {
+                root.join(path)
+            }
+        })
+    }
+
+    /// Write `posix` as xattrs of the local file/dir `local` (fs), off the
+    /// async threads.
+    async fn set_xattrs(
+        &self,
+        what: &str,
+        path: &str,
+        local: PathBuf,
+        posix: &PosixMeta,
+    ) -> Result<()> {
+        let posix = posix.clone();
+        let r = tokio::task::spawn_blocking(move || write_posix_xattrs(&local, &posix)).await;
+        let scheme = &self.inner.scheme;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::new(
+                io_error_kind(&e),
+                format!("{scheme} {what} `{path}`: {e}"),
+            )),
+            Err(e) => Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("{scheme} {what} `{path}`: {e}"),
+            )),
+        }
     }
 
     /// Convert an OpenDAL error, naming the operation and path.
@@ -755,20 +918,24 @@ impl Backend {
     pub async fn lookup(&self, path: &str) -> Result<Meta> {
         check_path(path, true)?;
         self.deadline("lookup", path, async {
+            self.inject_delay(&[path]).await;
             self.probe(path).await.map(|(m, _)| m)
         })
         .await
     }
 
     /// Immediate children of `dir`, sorted by name, metadata from the listing
-    /// (no per-entry HEAD, so `posix` is empty). A name present both as file
-    /// and directory is reported once, as a directory. A directory that does
-    /// not exist lists as empty on object stores.
+    /// (no per-entry HEAD). `posix` is filled where
+    /// [`Caps::listing_has_posix`]: on fs from each entry's xattrs (one
+    /// blocking-pool task per listing); on object stores it is empty. A name
+    /// present both as file and directory is reported once, as a directory.
+    /// A directory that does not exist lists as empty on object stores.
     pub async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         check_path(dir, true)?;
         let key = dir_key(dir);
         let prefix = if dir.is_empty() { "" } else { key.as_str() };
         self.deadline("list", dir, async {
+            self.inject_delay(&[dir]).await;
             let mut out: BTreeMap<String, Entry> = BTreeMap::new();
             let mut lister = self
                 .op()
@@ -816,7 +983,12 @@ impl Backend {
                     }
                 }
             }
-            Ok(out.into_values().collect())
+            drop(lister);
+            let mut entries: Vec<Entry> = out.into_values().collect();
+            if let Some(local) = self.local_path(dir) {
+                entries = fill_posix_from_xattrs(local, entries).await?;
+            }
+            Ok(entries)
         })
         .await
     }
@@ -829,6 +1001,7 @@ impl Backend {
         }
         let end = offset.saturating_add(len).min(MAX_SANE_OFFSET);
         self.deadline("read", path, async {
+            self.inject_delay(&[path]).await;
             let opts = ReadOptions {
                 range: (offset..end).into(),
                 ..Default::default()
@@ -885,6 +1058,7 @@ impl Backend {
         check_path(path, false)?;
         let opts = self.write_options(posix);
         self.deadline("write", path, async {
+            self.inject_delay(&[path]).await;
             if self.inner.staged {
                 let tmp = tmp_sibling(path);
                 let r = match self.op().write_options(&tmp, data, opts).await {
@@ -929,6 +1103,7 @@ impl Backend {
         let key = staging.as_deref().unwrap_or(path);
         let w = self
             .deadline("writer", path, async {
+                self.inject_delay(&[path]).await;
                 self.op()
                     .writer_options(key, opts)
                     .await
@@ -943,16 +1118,36 @@ impl Backend {
         })
     }
 
+    /// Create a directory without POSIX attributes; see
+    /// [`Backend::create_dir_with`].
+    pub async fn create_dir(&self, path: &str) -> Result<()> {
+        self.create_dir_with(path, &PosixMeta::default()).await
+    }
+
     /// Create a directory: a `path/` marker object on object stores, a real
     /// (recursive) mkdir on fs. Does not check for an existing entry.
-    pub async fn create_dir(&self, path: &str) -> Result<()> {
+    ///
+    /// `posix` is stored where the service can: on fs as `user.*` xattrs of
+    /// the new directory (after mkdir; a failure there fails the call but
+    /// leaves the directory). On object stores nothing is stored: OpenDAL's
+    /// `create_dir` takes no options and refuses writes to `dir/` paths, so
+    /// a marker cannot carry user metadata (directories there show the
+    /// configured defaults).
+    pub async fn create_dir_with(&self, path: &str, posix: &PosixMeta) -> Result<()> {
         check_path(path, false)?;
         let key = dir_key(path);
         self.deadline("create_dir", path, async {
+            self.inject_delay(&[path]).await;
             self.op()
                 .create_dir(&key)
                 .await
-                .map_err(|e| self.err("create_dir", &key, e))
+                .map_err(|e| self.err("create_dir", &key, e))?;
+            match self.local_path(path) {
+                Some(local) if !posix.is_empty() => {
+                    self.set_xattrs("create_dir", path, local, posix).await
+                }
+                _ => Ok(()),
+            }
         })
         .await
     }
@@ -962,6 +1157,7 @@ impl Backend {
     pub async fn delete_file(&self, path: &str) -> Result<()> {
         check_path(path, false)?;
         self.deadline("delete_file", path, async {
+            self.inject_delay(&[path]).await;
             let md = self
                 .op()
                 .stat(path)
@@ -988,6 +1184,7 @@ impl Backend {
         check_path(path, false)?;
         let key = dir_key(path);
         self.deadline("remove_dir", path, async {
+            self.inject_delay(&[path]).await;
             if self.inner.caps.native_dirs {
                 let md = self
                     .op()
@@ -1069,6 +1266,7 @@ impl Backend {
             }
         };
         self.deadline("rename", from, async {
+            self.inject_delay(&[from, to]).await;
             if from == to {
                 // POSIX: renaming a file onto itself does nothing.
                 let (meta, _) = self.probe(from).await?;
@@ -1167,13 +1365,32 @@ impl Backend {
     }
 
     /// Persist mode/uid/gid/mtime (fields that are `None` keep their stored
-    /// value; other user metadata is kept). `Unsupported` without user
-    /// metadata support and for directories. The object is rewritten:
-    /// server-side (multipart upload-part-copy onto itself) where the service
-    /// supports writer-side copy (S3), by a streamed copy to a temporary
-    /// sibling + native rename (fs), else by read + write.
+    /// value; other user metadata is kept).
+    ///
+    /// On fs the `user.*` xattrs are set in place, on files and directories
+    /// alike (the content is not touched). Elsewhere: `Unsupported` without
+    /// user metadata support and for directories, and the object is
+    /// rewritten: server-side (multipart upload-part-copy onto itself) where
+    /// the service supports writer-side copy (S3), else by read + write.
     pub async fn set_posix(&self, path: &str, posix: &PosixMeta) -> Result<()> {
         check_path(path, false)?;
+        if let Some(local) = self.local_path(path) {
+            return self
+                .deadline("set_posix", path, async {
+                    self.inject_delay(&[path]).await;
+                    // Through OpenDAL first: a precise NotFound, and the
+                    // injected faults apply as to any other call.
+                    self.op()
+                        .stat(path)
+                        .await
+                        .map_err(|e| self.err("stat", path, e))?;
+                    if posix.is_empty() {
+                        return Ok(());
+                    }
+                    self.set_xattrs("set_posix", path, local, posix).await
+                })
+                .await;
+        }
         if !self.inner.caps.user_metadata {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -1181,6 +1398,7 @@ impl Backend {
             ));
         }
         self.deadline("set_posix", path, async {
+            self.inject_delay(&[path]).await;
             let (meta, md) = self.probe(path).await?;
             let Some(md) = md else {
                 return Err(Error::new(
@@ -1264,6 +1482,32 @@ impl Backend {
             }
         }
     }
+}
+
+/// Fill `posix` of each entry of a local directory `dir` from its xattrs
+/// (fs), off the async threads. An entry that vanished keeps empty `posix`.
+async fn fill_posix_from_xattrs(dir: PathBuf, mut entries: Vec<Entry>) -> Result<Vec<Entry>> {
+    if entries.is_empty() {
+        return Ok(entries);
+    }
+    let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    let posix = tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|n| read_posix_xattrs(&dir.join(n)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Unexpected,
+            format!("fs list: reading xattrs: {e}"),
+        )
+    })?;
+    for (e, p) in entries.iter_mut().zip(posix) {
+        e.meta.posix = p;
+    }
+    Ok(entries)
 }
 
 /// Whether a bounded read failed only because the range crosses EOF.

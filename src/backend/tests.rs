@@ -95,6 +95,7 @@ fn build_errors() {
     assert_eq!(b.scheme(), "s3");
     let c = b.caps();
     assert!(c.user_metadata && c.copy && !c.native_rename && !c.native_dirs && c.write_multi);
+    assert!(!c.listing_has_posix, "S3 listings carry no user metadata");
     assert!(!format!("{b:?}").contains("adminsecret"));
 }
 
@@ -103,9 +104,14 @@ fn caps_of_memory_and_fs() {
     let m = memory().caps();
     assert!(!m.user_metadata && !m.copy && !m.native_rename && !m.native_dirs);
     assert!(m.read && m.write && m.list && m.delete && m.write_if_not_exists);
+    assert!(
+        m.listing_has_posix,
+        "memory stores no POSIX metadata at all"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fs(&dir).caps();
     assert!(f.native_dirs && f.native_rename && f.copy && f.user_metadata);
+    assert!(f.listing_has_posix);
 }
 
 #[test]
@@ -393,10 +399,11 @@ async fn fs_posix_metadata() {
         .collect();
     assert_eq!(names, vec!["p".to_string()], "no temporary file left");
     b.create_dir("dd").await.expect("mkdir");
-    assert_eq!(
-        kind(b.set_posix("dd", &newer).await),
-        ErrorKind::Unsupported
-    );
+    b.set_posix("dd", &newer)
+        .await
+        .expect("set_posix on a directory");
+    let m = b.lookup("dd").await.expect("lookup dd");
+    assert_eq!(m.posix.mode, Some(0o100600));
     // Writing a file onto a directory is refused with a precise kind.
     let r = b
         .write("dd", Bytes::from_static(b"x"), &PosixMeta::default())
@@ -592,4 +599,343 @@ fn purge<'a>(b: &'a Backend, dir: &'a str) -> std::pin::Pin<Box<dyn Future<Outpu
             }
         }
     })
+}
+
+// ---------------------------------------------------------------------------
+// Fault injection (`inject_*` settings).
+
+fn fs_with(dir: &tempfile::TempDir, settings: &BackendSettings) -> Backend {
+    let root = dir.path().join("root");
+    let root = root.to_str().expect("utf-8 temp path");
+    Backend::build(&storage("fs", &[("root", root)]), settings).expect("fs backend")
+}
+
+fn memory_with(settings: &BackendSettings) -> Backend {
+    Backend::build(&storage("memory", &[]), settings).expect("memory backend")
+}
+
+/// Time one call.
+async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
+    let t = std::time::Instant::now();
+    let r = f.await;
+    (r, t.elapsed())
+}
+
+#[tokio::test]
+async fn latency_applies_only_to_matching_paths() {
+    let lat = Duration::from_millis(200);
+    let fast = Duration::from_millis(100);
+    let s = BackendSettings {
+        inject_latency: lat,
+        inject_latency_paths: "slow".to_string(),
+        ..settings()
+    };
+    let b = memory_with(&s);
+    let p = PosixMeta::default();
+    let (r, t) = timed(b.write("slow/a", Bytes::from_static(b"x"), &p)).await;
+    r.expect("write slow/a");
+    assert!(t >= lat, "write slow/a took {t:?}");
+    let (r, t) = timed(b.write("fast", Bytes::from_static(b"x"), &p)).await;
+    r.expect("write fast");
+    assert!(t < fast, "write fast took {t:?}");
+    let (r, t) = timed(b.lookup("slow/a")).await;
+    r.expect("lookup slow/a");
+    assert!(t >= lat, "lookup slow/a took {t:?}");
+    let (r, t) = timed(b.lookup("slow")).await;
+    r.expect("lookup slow");
+    assert!(t >= lat, "prefix match on the bare name: {t:?}");
+    let (r, t) = timed(b.lookup("fast")).await;
+    r.expect("lookup fast");
+    assert!(t < fast, "lookup fast took {t:?}");
+    // Errors are delayed too (the delay is before the real call).
+    let (r, t) = timed(b.lookup("slow/missing")).await;
+    assert_eq!(kind(r), ErrorKind::NotFound);
+    assert!(t >= lat, "{t:?}");
+    let (r, t) = timed(b.list("slow")).await;
+    assert_eq!(r.expect("list slow").len(), 1);
+    assert!(t >= lat, "list slow took {t:?}");
+    let (r, t) = timed(b.list("")).await;
+    r.expect("list root");
+    assert!(t < fast, "the root does not match `slow`: {t:?}");
+    let (r, t) = timed(b.read("slow/a", 0, 1)).await;
+    r.expect("read slow/a");
+    assert!(t >= lat, "read slow/a took {t:?}");
+    // A rename is delayed when either side matches.
+    let (r, t) = timed(b.rename_file("fast", "slow/b", false)).await;
+    r.expect("rename into slow");
+    assert!(t >= lat, "rename took {t:?}");
+    let (r, t) = timed(b.create_dir("other")).await;
+    r.expect("mkdir other");
+    assert!(t < fast, "mkdir other took {t:?}");
+
+    // A stalled call does not hold up a concurrent one.
+    let slow = tokio::spawn({
+        let b = b.clone();
+        async move { timed(b.read("slow/a", 0, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (r, t) = timed(b.lookup("other")).await;
+    r.expect("lookup other");
+    assert!(t < fast, "concurrent lookup took {t:?}");
+    assert!(!slow.is_finished(), "the slow read is still stalled");
+    let (r, t) = slow.await.expect("join");
+    r.expect("slow read");
+    assert!(t >= lat, "{t:?}");
+
+    // Empty prefix: every call is delayed; a leading `/` is ignored.
+    let all = BackendSettings {
+        inject_latency: Duration::from_millis(100),
+        ..settings()
+    };
+    let b = memory_with(&all);
+    let (r, t) = timed(b.create_dir("x")).await;
+    r.expect("mkdir");
+    assert!(t >= Duration::from_millis(100), "{t:?}");
+    let lead = BackendSettings {
+        inject_latency: Duration::from_millis(100),
+        inject_latency_paths: "/x".to_string(),
+        ..settings()
+    };
+    let b = memory_with(&lead);
+    let (r, t) = timed(b.create_dir("x")).await;
+    r.expect("mkdir");
+    assert!(t >= Duration::from_millis(100), "{t:?}");
+    let (r, t) = timed(b.create_dir("y")).await;
+    r.expect("mkdir");
+    assert!(t < fast, "{t:?}");
+}
+
+#[tokio::test]
+async fn latency_counts_against_the_timeout() {
+    let s = BackendSettings {
+        inject_latency: Duration::from_secs(10),
+        timeout: Duration::from_millis(100),
+        ..settings()
+    };
+    let b = memory_with(&s);
+    assert_eq!(kind(b.lookup("a").await), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn final_error_rate_one_fails_every_call() {
+    let s = BackendSettings {
+        inject_error_rate_final: 1.0,
+        ..settings()
+    };
+    for b in [memory_with(&s)] {
+        let p = PosixMeta::default();
+        let check = |r: Result<()>, what: &str| match r {
+            Ok(()) => panic!("{what}: expected an injected fault"),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::Unexpected, "{what}: {e}");
+                assert!(e.message().contains("injected fault"), "{what}: {e}");
+            }
+        };
+        check(b.write("f", Bytes::from_static(b"x"), &p).await, "write");
+        check(b.lookup("f").await.map(|_| ()), "lookup");
+        check(b.list("").await.map(|_| ()), "list");
+        check(b.read("f", 0, 1).await.map(|_| ()), "read");
+        check(b.create_dir("d").await, "create_dir");
+        check(b.delete_file("f").await, "delete_file");
+        check(b.remove_dir("d").await, "remove_dir");
+        check(b.rename_file("f", "g", false).await, "rename");
+        check(b.check().await, "check");
+        let (retried, fin) = b.injected_faults();
+        assert_eq!(retried, 0);
+        assert!(fin >= 9, "{fin}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = fs_with(&dir, &s);
+    assert_eq!(kind(b.lookup("x").await), ErrorKind::Unexpected);
+    assert_eq!(
+        kind(b.set_posix("x", &PosixMeta::default()).await),
+        ErrorKind::Unexpected
+    );
+    // Off by default: nothing is injected.
+    assert_eq!(memory().injected_faults(), (0, 0));
+}
+
+#[tokio::test]
+async fn retried_faults_sit_below_the_retry_layer() {
+    // Every attempt fails: the error surfaces after 1 + retry_max_times
+    // attempts, all of them injected below the retry layer.
+    let s = BackendSettings {
+        inject_error_rate: 1.0,
+        retry_max_times: 2,
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(2),
+        ..settings()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = fs_with(&dir, &s);
+    assert_eq!(kind(b.lookup("x").await), ErrorKind::Unexpected);
+    assert_eq!(b.injected_faults(), (3, 0), "one stat, three attempts");
+}
+
+#[tokio::test]
+async fn retries_absorb_a_high_error_rate() {
+    // Half of all OpenDAL calls fail; with 20 retries the chance that one
+    // call fails 21 times in a row is 0.5^21 (about 5e-7), so the whole
+    // suite passes.
+    let s = BackendSettings {
+        inject_error_rate: 0.5,
+        retry_max_times: 20,
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(2),
+        ..settings()
+    };
+    let b = memory_with(&s);
+    suite(&b).await;
+    let (retried, fin) = b.injected_faults();
+    assert!(retried > 20, "faults were injected and retried: {retried}");
+    assert_eq!(fin, 0);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = fs_with(&dir, &s);
+    suite(&b).await;
+    assert!(b.injected_faults().0 > 20);
+}
+
+// ---------------------------------------------------------------------------
+// POSIX metadata on fs: listings, directories, in-place updates.
+
+/// A temporary directory on a file system with user xattrs (tmpfs under
+/// /dev/shm if the default temp dir lacks them).
+fn xattr_tempdir() -> tempfile::TempDir {
+    let supports = |d: &tempfile::TempDir| xattr::set(d.path(), "user.ovfs-probe", b"1").is_ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    if supports(&dir) {
+        return dir;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm");
+    assert!(supports(&dir), "no file system with user xattrs found");
+    dir
+}
+
+fn inode(dir: &tempfile::TempDir, path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.path().join("root").join(path))
+        .expect("local metadata")
+        .ino()
+}
+
+#[tokio::test]
+async fn fs_listing_and_dirs_carry_posix() {
+    let dir = xattr_tempdir();
+    let b = fs(&dir);
+    let fp = PosixMeta {
+        mode: Some(0o100640),
+        uid: Some(1000),
+        gid: Some(1001),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+    };
+    let dp = PosixMeta {
+        mode: Some(0o040750),
+        uid: Some(2000),
+        gid: Some(2001),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_650_000_000)),
+    };
+    b.write("d/f", Bytes::from_static(b"data"), &fp)
+        .await
+        .expect("write d/f");
+    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default())
+        .await
+        .expect("write plain");
+    b.create_dir_with("sub", &dp).await.expect("mkdir sub");
+    b.create_dir("bare").await.expect("mkdir bare");
+
+    // lookup of a directory returns its xattrs.
+    assert_eq!(b.lookup("sub").await.expect("sub").posix, dp);
+    assert_eq!(
+        b.lookup("bare").await.expect("bare").posix,
+        PosixMeta::default()
+    );
+
+    // list fills posix exactly as lookup does, files and directories.
+    for d in ["", "d"] {
+        let entries = b.list(d).await.expect("list");
+        assert!(!entries.is_empty());
+        for e in &entries {
+            let path = if d.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{d}/{}", e.name)
+            };
+            let looked = b.lookup(&path).await.expect("lookup");
+            assert_eq!(e.meta.posix, looked.posix, "{path}");
+            assert_eq!(e.meta.kind, looked.kind, "{path}");
+        }
+    }
+    let root = b.list("").await.expect("list root");
+    let sub = root.iter().find(|e| e.name == "sub").expect("sub listed");
+    assert_eq!(sub.meta.posix, dp);
+    let d = b.list("d").await.expect("list d");
+    assert_eq!(d[0].meta.posix, fp);
+
+    // set_posix on a file: in place (same inode), content untouched, unset
+    // fields kept.
+    let ino = inode(&dir, "d/f");
+    let chmod = PosixMeta {
+        mode: Some(0o100600),
+        ..Default::default()
+    };
+    b.set_posix("d/f", &chmod).await.expect("set_posix file");
+    assert_eq!(inode(&dir, "d/f"), ino, "no rewrite of the file");
+    let m = b.lookup("d/f").await.expect("lookup d/f");
+    assert_eq!(m.posix.mode, Some(0o100600));
+    assert_eq!(m.posix.uid, Some(1000));
+    assert_eq!(m.size, 4);
+    assert_eq!(
+        b.read("d/f", 0, 10).await.expect("read"),
+        Bytes::from_static(b"data")
+    );
+    let d = b.list("d").await.expect("list d");
+    assert_eq!(d[0].meta.posix, m.posix, "listing sees the update");
+
+    // set_posix on a directory, including one made without attributes.
+    let chown = PosixMeta {
+        uid: Some(7),
+        gid: Some(8),
+        ..Default::default()
+    };
+    b.set_posix("bare", &chown).await.expect("set_posix dir");
+    let m = b.lookup("bare").await.expect("bare");
+    assert_eq!(
+        (m.posix.uid, m.posix.gid, m.posix.mode),
+        (Some(7), Some(8), None)
+    );
+    let root = b.list("").await.expect("list root");
+    let bare = root.iter().find(|e| e.name == "bare").expect("bare listed");
+    assert_eq!(bare.meta.posix, m.posix);
+
+    // Missing targets and the root.
+    assert_eq!(kind(b.set_posix("nope", &chown).await), ErrorKind::NotFound);
+    assert_eq!(kind(b.set_posix("", &chown).await), ErrorKind::InvalidInput);
+    assert_eq!(
+        kind(b.create_dir_with("", &dp).await),
+        ErrorKind::InvalidInput
+    );
+    // No temporary files anywhere.
+    let names: Vec<String> = b
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["bare", "d", "plain", "sub"]);
+}
+
+#[tokio::test]
+async fn memory_create_dir_with_stores_nothing() {
+    let b = memory();
+    let dp = PosixMeta {
+        mode: Some(0o040700),
+        ..Default::default()
+    };
+    b.create_dir_with("d", &dp).await.expect("mkdir");
+    let m = b.lookup("d").await.expect("lookup d");
+    assert_eq!((m.kind, m.posix), (EntryKind::Dir, PosixMeta::default()));
+    let l = b.list("").await.expect("list");
+    assert_eq!(l[0].meta.posix, PosixMeta::default());
 }

@@ -46,6 +46,8 @@ impl Errno {
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
     pub const ENXIO: Errno = Errno(libc::ENXIO);
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
 }
 
 impl std::fmt::Display for Errno {

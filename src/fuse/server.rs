@@ -410,10 +410,6 @@ fn xattr_reply(unique: u64, size: u32, value: Vec<u8>) -> Result<Vec<u8>, Errno>
     Ok(reply::ok_parts(unique, &[&value]))
 }
 
-impl Errno {
-    pub const E2BIG: Errno = Errno(libc::E2BIG);
-}
-
 impl<F: Filesystem> RequestHandler for Server<F> {
     fn handle(self: Arc<Self>, req: Vec<u8>) -> BoxFuture<'static, Option<Vec<u8>>> {
         Box::pin(async move { self.dispatch(&req).await })

@@ -19,6 +19,33 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// FIFO, socket or device node: the S_IFMT bits.
+    Special(u32),
+}
+
+impl Kind {
+    /// The S_IFMT bits of this kind.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Special(bits) => bits & libc::S_IFMT,
+        }
+    }
+
+    /// The DT_* type for directory entries.
+    pub fn dirent_type(self) -> u32 {
+        (match self.type_bits() {
+            libc::S_IFDIR => libc::DT_DIR,
+            libc::S_IFLNK => libc::DT_LNK,
+            libc::S_IFIFO => libc::DT_FIFO,
+            libc::S_IFSOCK => libc::DT_SOCK,
+            libc::S_IFCHR => libc::DT_CHR,
+            libc::S_IFBLK => libc::DT_BLK,
+            _ => libc::DT_REG,
+        }) as u32
+    }
 }
 
 #[derive(Debug)]

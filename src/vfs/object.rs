@@ -137,7 +137,13 @@ pub struct ObjectFs {
 fn kind_of(meta: &Meta) -> Kind {
     match meta.kind {
         EntryKind::Dir => Kind::Dir,
-        EntryKind::File => Kind::File,
+        // s3fs keeps symlinks and special files as objects whose `mode`
+        // metadata carries the file type.
+        EntryKind::File => match meta.posix.mode.map(|m| m & libc::S_IFMT) {
+            Some(libc::S_IFLNK) => Kind::Symlink,
+            Some(t @ (libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK)) => Kind::Special(t),
+            _ => Kind::File,
+        },
     }
 }
 
@@ -228,11 +234,8 @@ impl ObjectFs {
     }
 
     fn attr(&self, ino: u64, kind: Kind, size: u64, mtime: Option<SystemTime>, posix: &PosixMeta) -> abi::fuse_attr {
-        let (tbits, default_perm) = match kind {
-            Kind::File => (libc::S_IFREG, self.opts.file_mode),
-            Kind::Dir => (libc::S_IFDIR, self.opts.dir_mode),
-            Kind::Symlink => (libc::S_IFLNK, 0o777),
-        };
+        let tbits = kind.type_bits();
+        let default_perm = self.default_perm(kind);
         let perm = posix.mode.map(|m| m & 0o7777).unwrap_or(default_perm);
         let t = posix.mtime.or(mtime).unwrap_or(UNIX_EPOCH);
         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -253,6 +256,14 @@ impl ObjectFs {
             rdev: 0,
             blksize: 4096,
             flags: 0,
+        }
+    }
+
+    fn default_perm(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::Dir => self.opts.dir_mode,
+            Kind::Symlink => 0o777,
+            Kind::File | Kind::Special(_) => self.opts.file_mode,
         }
     }
 
@@ -533,6 +544,20 @@ impl ObjectFs {
         Ok(())
     }
 
+    /// Create a symlink or special file: one object whose content is `data`
+    /// and whose `mode` metadata carries the file type.
+    async fn create_special(&self, ctx: &Ctx, path: &str, mode: u32, data: &[u8]) -> Result<Entry> {
+        if self.exists(path).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let posix = self.new_posix(ctx, mode);
+        self.backend.write(path, Bytes::copy_from_slice(data), &posix).await?;
+        let meta = Meta { kind: EntryKind::File, size: data.len() as u64, mtime: Some(now()), etag: None, posix };
+        let kind = kind_of(&meta);
+        let id = self.inodes.lookup(path, kind);
+        Ok(self.entry(id, self.attr_from_meta(id, &meta)))
+    }
+
     /// Upload a local file's pending bytes before a rename moves it.
     async fn settle(&self, path: &str) -> Result<()> {
         if let Some(id) = self.inodes.id_of(path) {
@@ -588,11 +613,13 @@ impl Filesystem for ObjectFs {
         let explicit_time = matches!(a.atime, Some(TimeSpec::Set { .. })) || matches!(a.mtime, Some(TimeSpec::Set { .. }));
         let meta_change = a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || explicit_time;
         if meta_change || (a.mtime.is_some() && self.caps.user_metadata) {
-            if !self.caps.user_metadata || kind != Kind::File {
+            if !self.caps.user_metadata {
                 if meta_change {
                     return Err(Errno::ENOTSUP);
                 }
             } else {
+                let tbits = kind.type_bits();
+                let default_perm = self.default_perm(kind);
                 let mtime = match a.mtime {
                     Some(TimeSpec::Now) => Some(now()),
                     Some(TimeSpec::Set { secs, nsecs }) => Some(UNIX_EPOCH + Duration::new(secs, nsecs)),
@@ -600,7 +627,7 @@ impl Filesystem for ObjectFs {
                 };
                 let apply = |p: &mut PosixMeta| {
                     if let Some(m) = a.mode {
-                        p.mode = Some(libc::S_IFREG | (m & 0o7777));
+                        p.mode = Some(tbits | (m & 0o7777));
                     }
                     if a.uid.is_some() {
                         p.uid = a.uid;
@@ -620,7 +647,7 @@ impl Filesystem for ObjectFs {
                 } else {
                     let mut p = self.backend.lookup(&path).await?.posix;
                     if p.mode.is_none() {
-                        p.mode = Some(libc::S_IFREG | self.opts.file_mode);
+                        p.mode = Some(tbits | default_perm);
                     }
                     p.uid = p.uid.or(Some(self.opts.uid));
                     p.gid = p.gid.or(Some(self.opts.gid));
@@ -638,10 +665,10 @@ impl Filesystem for ObjectFs {
         if self.exists(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.backend.create_dir(&path).await?;
+        let posix = self.new_posix(ctx, libc::S_IFDIR | (mode & 0o7777));
+        self.backend.create_dir_with(&path, &posix).await?;
         let id = self.inodes.lookup(&path, Kind::Dir);
-        let _ = (ctx, mode);
-        Ok(self.entry(id, self.attr(id, Kind::Dir, 0, Some(now()), &PosixMeta::default())))
+        Ok(self.entry(id, self.attr(id, Kind::Dir, 0, Some(now()), &posix)))
     }
 
     async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
@@ -742,8 +769,11 @@ impl Filesystem for ObjectFs {
 
     async fn open(&self, _ctx: &Ctx, nodeid: u64, flags: u32) -> Result<(u64, u32)> {
         let (path, kind) = self.node(nodeid)?;
-        if kind == Kind::Dir {
-            return Err(Errno::EISDIR);
+        match kind {
+            Kind::Dir => return Err(Errno::EISDIR),
+            Kind::Symlink => return Err(Errno::ELOOP),
+            Kind::Special(_) => return Err(Errno::ENXIO),
+            Kind::File => {}
         }
         let acc = flags as i32 & libc::O_ACCMODE;
         let writable = acc != libc::O_RDONLY;
@@ -919,11 +949,7 @@ impl Filesystem for ObjectFs {
                 break;
             }
             used += size;
-            let typ = match kind {
-                Kind::Dir => libc::DT_DIR,
-                Kind::File => libc::DT_REG,
-                Kind::Symlink => libc::DT_LNK,
-            } as u32;
+            let typ = kind.dirent_type();
             let mut e = DirEntry { ino: u64::MAX, offset: i + 1, typ, name: name.into_bytes(), entry: None };
             if i < 2 {
                 e.ino = nodeid;
@@ -937,7 +963,13 @@ impl Filesystem for ObjectFs {
                         _ => self.attr(id, kind, 0, None, &PosixMeta::default()),
                     };
                     e.ino = id;
-                    e.entry = Some(self.entry(id, attr));
+                    let mut en = self.entry(id, attr);
+                    if !self.caps.listing_has_posix {
+                        // The listing carries no mode/owner: let the kernel
+                        // ask (GETATTR) before trusting these attributes.
+                        en.attr_valid = Duration::ZERO;
+                    }
+                    e.entry = Some(en);
                 } else {
                     // Stable per path while the node lives; the kernel only
                     // uses it for d_ino.
@@ -991,12 +1023,20 @@ impl Filesystem for ObjectFs {
     }
 
     async fn readlink(&self, _ctx: &Ctx, nodeid: u64) -> Result<Vec<u8>> {
-        self.node(nodeid)?;
-        Err(Errno::EINVAL)
+        let (path, kind) = self.node(nodeid)?;
+        if kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.backend.read(&path, 0, abi::PATH_MAX as u64).await?.to_vec())
     }
 
-    async fn symlink(&self, _ctx: &Ctx, _parent: u64, _name: &[u8], _target: &[u8]) -> Result<Entry> {
-        Err(Errno::EPERM)
+    async fn symlink(&self, ctx: &Ctx, parent: u64, name: &[u8], target: &[u8]) -> Result<Entry> {
+        let path = self.dir_child(parent, name)?;
+        // s3fs style: the object holds the target, `mode` says S_IFLNK.
+        if !self.caps.user_metadata {
+            return Err(Errno::EPERM);
+        }
+        self.create_special(ctx, &path, libc::S_IFLNK | 0o777, target).await
     }
 
     async fn link(&self, _ctx: &Ctx, _nodeid: u64, _newparent: u64, _newname: &[u8]) -> Result<Entry> {
@@ -1004,8 +1044,13 @@ impl Filesystem for ObjectFs {
     }
 
     async fn mknod(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, _rdev: u32, umask: u32) -> Result<Entry> {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(Errno::EPERM);
+        let t = mode & libc::S_IFMT;
+        if t != libc::S_IFREG && t != 0 {
+            if !self.caps.user_metadata || !matches!(t, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) {
+                return Err(Errno::EPERM);
+            }
+            let path = self.dir_child(parent, name)?;
+            return self.create_special(ctx, &path, t | (mode & 0o7777), b"").await;
         }
         let (entry, fh, _) = self.create(ctx, parent, name, mode, libc::O_WRONLY as u32 | libc::O_EXCL as u32, umask).await?;
         self.release(ctx, entry.nodeid, fh, 0).await?;

@@ -167,7 +167,9 @@ fn serve_connections(
     let mut listener = open_listener(listen)?;
     let mut served = 0usize;
     loop {
-        let result = serve_one(&mut listener, &handler, &config, &rt, &channel);
+        // Setup and accept failures are fatal; a connection that ends with an
+        // error is fatal only when not asked to keep serving.
+        let result = serve_one(&mut listener, &handler, &config, &rt, &channel)?;
         served += 1;
         let limit_reached = max_connections.is_some_and(|max| served >= max);
         match result {
@@ -229,28 +231,24 @@ fn check_listening_socket(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Accept and serve one front-end connection with a fresh device.
+/// Accept and serve one front-end connection with a fresh device. The outer
+/// error is fatal (cannot create the daemon, cannot accept); the inner one is
+/// how the connection ended.
 fn serve_one(
     listener: &mut Listener,
     handler: &Arc<dyn RequestHandler>,
     config: &DeviceConfig,
     rt: &tokio::runtime::Handle,
     channel: &BackendChannel,
-) -> io::Result<()> {
+) -> io::Result<io::Result<()>> {
     channel.set(None);
-    let device = Arc::new(FsDevice::new(
-        config.clone(),
-        handler.clone(),
-        rt.clone(),
-        channel.clone(),
-    ));
+    let device = FsDevice::new(config.clone(), handler.clone(), rt.clone(), channel.clone());
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("ovfs-vhost-user".to_string(), device.clone(), mem)
         .map_err(|e| io::Error::other(format!("cannot create vhost-user daemon: {e}")))?;
 
     eprintln!("{WAITING_MESSAGE}");
-    let started = daemon.start(listener);
-    let result = match started {
+    let result = match daemon.start(listener) {
         Ok(()) => {
             tracing::info!("vhost-user front-end connected");
             daemon.wait()
@@ -267,9 +265,12 @@ fn serve_one(
     channel.set(None);
 
     match result {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Ok(())),
         Err(DaemonError::HandleRequest(VhostUserError::Disconnected))
-        | Err(DaemonError::HandleRequest(VhostUserError::PartialMessage)) => Ok(()),
+        | Err(DaemonError::HandleRequest(VhostUserError::PartialMessage)) => Ok(Ok(())),
+        Err(e @ DaemonError::HandleRequest(_)) => {
+            Ok(Err(io::Error::other(format!("vhost-user: {e}"))))
+        }
         Err(e) => Err(io::Error::other(format!("vhost-user: {e}"))),
     }
 }
