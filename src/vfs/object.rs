@@ -132,6 +132,9 @@ pub struct ObjectFs {
     dirs: HandleTable<DirHandle>,
     /// nodeid -> (open file, number of handles + internal users).
     open: Mutex<HashMap<u64, (Arc<OpenFile>, usize)>>,
+    /// Time shown for objects the back-end gives no time for (the root,
+    /// implied directories): when this daemon started.
+    started: SystemTime,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -183,6 +186,7 @@ impl ObjectFs {
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             open: Mutex::new(HashMap::new()),
+            started: now(),
         }
     }
 
@@ -237,7 +241,7 @@ impl ObjectFs {
         let tbits = kind.type_bits();
         let default_perm = self.default_perm(kind);
         let perm = posix.mode.map(|m| m & 0o7777).unwrap_or(default_perm);
-        let t = posix.mtime.or(mtime).unwrap_or(UNIX_EPOCH);
+        let t = posix.mtime.or(mtime).unwrap_or(self.started);
         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         abi::fuse_attr {
             ino,

@@ -1,0 +1,49 @@
+# ovfs — see README.md. `make test` is what CI runs (.ci/run).
+CARGO ?= cargo
+
+.PHONY: all build release demo test deps lint fmt clippy unit fuzz fuzz-smoke clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# The main job on the embedded default: a real guest mounts ovfs and shows files.
+demo:
+	scripts/demo.sh
+
+# Everything CI checks: dependencies, formatting, lints, and every test (unit,
+# host /dev/fuse mount, pjdfstest, real guests under QEMU, S3 on SeaweedFS).
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads=2
+
+deps:
+	tests/tools/install-deps.sh
+
+lint: fmt clippy
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --lib
+
+# Fuzz the FUSE request decoder + dispatcher over the memory back-end.
+# RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's -Z flags.
+FUZZ_RUNS ?= 1000000
+fuzz:
+	tests/tools/install-deps.sh --fuzz --no-apt --no-s3
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run fuse_dispatch corpus/fuse_dispatch -- -runs=$(FUZZ_RUNS) -max_len=4096
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_RUNS=20000
+
+clean:
+	$(CARGO) clean
+	rm -rf .work
