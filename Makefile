@@ -22,6 +22,7 @@ test: deps lint
 
 deps:
 	tests/tools/install-deps.sh
+	tests/tools/trixie-kernel.sh >/dev/null
 
 lint: fmt clippy
 

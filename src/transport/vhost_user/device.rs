@@ -147,6 +147,9 @@ struct QueueCtl {
     generation: AtomicU64,
     /// The queue stopped popping for want of a permit and waits for a wake-up.
     starved: AtomicBool,
+    /// Requests taken from this queue (logged at disconnect; tests and
+    /// operators see which queues the guest uses).
+    requests: AtomicU64,
 }
 
 struct Inner {
@@ -175,6 +178,7 @@ impl FsDevice {
             .map(|_| QueueCtl {
                 generation: AtomicU64::new(0),
                 starved: AtomicBool::new(false),
+                requests: AtomicU64::new(0),
             })
             .collect();
         Self {
@@ -196,6 +200,20 @@ impl FsDevice {
     /// The front-end is gone: drop every completion from now on.
     pub(super) fn disconnect(&self) {
         self.inner.disconnected.store(true, Ordering::SeqCst);
+        let counts: Vec<String> = self
+            .inner
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("q{i}={}", q.requests.load(Ordering::Relaxed)))
+            .collect();
+        tracing::info!("vhost-user connection closed; requests per queue: {}", counts.join(" "));
+    }
+
+    /// Requests taken from each queue so far.
+    #[cfg(test)]
+    pub(super) fn requests_per_queue(&self) -> Vec<u64> {
+        self.inner.queues.iter().map(|q| q.requests.load(Ordering::Relaxed)).collect()
     }
 
     /// Requests currently being handled (tests).
@@ -470,6 +488,9 @@ impl Inner {
         req: Vec<u8>,
         permit: OwnedSemaphorePermit,
     ) {
+        if let Some(ctl) = self.queues.get(pending.q) {
+            ctl.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let guard = Inflight {
             inner: self.clone(),
             permit: Some(permit),

@@ -745,6 +745,7 @@ fn multiqueue_and_high_priority_queue() {
         assert_eq!(rig.wait_used(q, 1), vec![(u32::from(head), 17)]);
         assert_eq!(rig.read(addrs[1], 16), out_header(17, 0, 10 + q as u64));
     }
+    assert_eq!(rig.dev.requests_per_queue(), vec![1, 1, 1]);
     // Events for queues that do not exist are ignored.
     rig.dev
         .handle_event(7, EventSet::IN, &rig.vrings, 0)
