@@ -23,6 +23,23 @@
 //! [`Caps::listing_has_posix`]) and writes them in place for `set_posix` and
 //! `create_dir_with` (files and directories, no content rewrite).
 //!
+//! The `memory` service stores no user metadata, but it lives entirely in
+//! this process, so the back-end keeps its POSIX attributes beside it in a
+//! side table in the same process: data and attributes live and die
+//! together (both are gone when the daemon exits), so nothing can go stale
+//! across restarts. The table is keyed by OpenDAL key (`file`, `dir/`, so a
+//! file and a directory of the same name do not share attributes) and
+//! mirrors what an object store with user metadata does: `write`, a
+//! streaming writer's `close` and `create_dir_with` replace the stored
+//! attributes (a PUT replaces metadata on S3), `set_posix` updates them in
+//! place (files and directories), `lookup` and `list` return them (in the
+//! user-metadata encoding, so `mtime` in whole seconds, as on fs and S3),
+//! `delete_file` / `remove_dir` drop them and `rename_file` moves them. Each
+//! OpenDAL call and its table update run under an async gate (exclusive for
+//! mutations, shared for lookups and listings), and the table is only
+//! updated after the OpenDAL call succeeded, so concurrent calls see data
+//! and attributes change together.
+//!
 //! Fault injection for tests (`inject_*` in `[backend_settings]`, off by
 //! default): a latency before every public async call whose path matches a
 //! prefix, and error layers below and above the retry layer (`faults.rs`).
@@ -183,8 +200,9 @@ pub struct Meta {
     pub etag: Option<String>,
     /// POSIX attributes from user metadata. Always filled by
     /// [`Backend::lookup`]; filled by [`Backend::list`] only where
-    /// [`Caps::listing_has_posix`] (fs: read from xattrs; S3 listings carry no
-    /// user metadata, so listed entries have none there).
+    /// [`Caps::listing_has_posix`] (fs: read from xattrs; memory: from the
+    /// in-process side table; S3 listings carry no user metadata, so listed
+    /// entries have none there).
     pub posix: PosixMeta,
 }
 
@@ -225,7 +243,8 @@ pub struct Entry {
 /// What the service can do, in the terms the file system needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
-    /// Write with user metadata (POSIX attributes can be persisted).
+    /// Write with user metadata (POSIX attributes can be persisted). True on
+    /// memory too, where they are kept in an in-process side table.
     pub user_metadata: bool,
     /// Server-side rename (else rename is copy + delete).
     pub native_rename: bool,
@@ -243,9 +262,10 @@ pub struct Caps {
     pub delete: bool,
     /// [`Backend::list`] returns complete POSIX metadata for every entry, so
     /// READDIRPLUS attributes are as good as LOOKUP's and may be cached:
-    /// true on fs (xattrs read per entry) and on services without user
-    /// metadata (memory: there is nothing to return); false on S3 and other
-    /// object stores (ListObjectsV2 returns no user metadata).
+    /// true on fs (xattrs read per entry), on memory (from the side table)
+    /// and on services without user metadata (there is nothing to return);
+    /// false on S3 and other object stores (ListObjectsV2 returns no user
+    /// metadata).
     pub listing_has_posix: bool,
 }
 
@@ -458,6 +478,65 @@ struct Inner {
     /// Fault layers below / above the retry layer, when installed.
     faults_retried: Option<Arc<FaultState>>,
     faults_final: Option<Arc<FaultState>>,
+    /// POSIX attributes of the `memory` service (see the module doc).
+    side: Option<SideTable>,
+}
+
+/// In-process POSIX attributes of the `memory` service, keyed by OpenDAL key
+/// (`file`, `dir/`).
+#[derive(Default)]
+struct SideTable {
+    /// Orders each OpenDAL call with its table update: held exclusively by
+    /// mutations (from before their OpenDAL call until after the table
+    /// update) and shared by lookups and listings. An async lock; the
+    /// table's std mutex below is never held across an `.await`.
+    gate: tokio::sync::RwLock<()>,
+    map: std::sync::Mutex<HashMap<String, PosixMeta>>,
+}
+
+impl SideTable {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, PosixMeta>> {
+        // The map is consistent after every statement: poison is harmless.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &str) -> PosixMeta {
+        self.map().get(key).cloned().unwrap_or_default()
+    }
+
+    /// Replace the attributes of `key` (empty: none stored). They are kept
+    /// exactly as user metadata would keep them (the s3fs encoding, so
+    /// `mtime` in whole seconds): memory behaves like fs and S3.
+    fn put(&self, key: &str, posix: &PosixMeta) {
+        let pairs: HashMap<String, String> = posix.to_pairs().into_iter().collect();
+        let stored = PosixMeta::from_lookup(|k| pairs.get(k).cloned());
+        let mut m = self.map();
+        if stored.is_empty() {
+            m.remove(key);
+        } else {
+            m.insert(key.to_string(), stored);
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        self.map().remove(key);
+    }
+}
+
+/// Overlay the set fields of `update` on `base` (unset fields keep theirs).
+fn merge_posix(base: &mut PosixMeta, update: &PosixMeta) {
+    if update.mode.is_some() {
+        base.mode = update.mode;
+    }
+    if update.uid.is_some() {
+        base.uid = update.uid;
+    }
+    if update.gid.is_some() {
+        base.gid = update.gid;
+    }
+    if update.mtime.is_some() {
+        base.mtime = update.mtime;
+    }
 }
 
 /// Name prefix of temporary siblings used by staged writes; hidden from
@@ -514,6 +593,14 @@ fn describe(e: &opendal::Error) -> String {
         }
     }
     s
+}
+
+/// The OpenDAL key of a file or directory `path` (not the root).
+fn entry_key(path: &str, kind: EntryKind) -> String {
+    match kind {
+        EntryKind::File => path.to_string(),
+        EntryKind::Dir => format!("{path}/"),
+    }
 }
 
 fn dir_key(path: &str) -> String {
@@ -687,8 +774,9 @@ impl Backend {
                 .options
                 .keys()
                 .any(|k| k.eq_ignore_ascii_case("atomic_write_dir"));
+        let side = (scheme == "memory").then(SideTable::default);
         let caps = Caps {
-            user_metadata: cap.write_with_user_metadata,
+            user_metadata: cap.write_with_user_metadata || side.is_some(),
             native_rename: cap.rename,
             copy: cap.copy,
             native_dirs,
@@ -698,7 +786,7 @@ impl Backend {
             write: cap.write,
             list: cap.list,
             delete: cap.delete,
-            listing_has_posix: fs_root.is_some() || !cap.write_with_user_metadata,
+            listing_has_posix: fs_root.is_some() || side.is_some() || !cap.write_with_user_metadata,
         };
         Ok(Backend {
             inner: Arc::new(Inner {
@@ -717,6 +805,7 @@ impl Backend {
                     .to_string(),
                 faults_retried,
                 faults_final,
+                side,
             }),
         })
     }
@@ -737,6 +826,50 @@ impl Backend {
 
     fn op(&self) -> &Operator {
         &self.inner.op
+    }
+
+    /// The memory service's attribute table, if this is memory.
+    fn side(&self) -> Option<&SideTable> {
+        self.inner.side.as_ref()
+    }
+
+    /// Exclusive side-table gate for a mutation (memory only).
+    async fn side_excl(&self) -> Option<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        match self.side() {
+            Some(s) => Some(s.gate.write().await),
+            None => None,
+        }
+    }
+
+    /// Shared side-table gate for a lookup or listing (memory only).
+    async fn side_shared(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        match self.side() {
+            Some(s) => Some(s.gate.read().await),
+            None => None,
+        }
+    }
+
+    /// Side-table update (no-op off memory): replace the attributes of `key`.
+    fn side_put(&self, key: &str, posix: &PosixMeta) {
+        if let Some(s) = self.side() {
+            s.put(key, posix);
+        }
+    }
+
+    /// Side-table update (no-op off memory): give file `to` the attributes of
+    /// file `from` (as a server-side copy keeps user metadata).
+    fn side_copy(&self, from: &str, to: &str) {
+        if let Some(s) = self.side() {
+            let p = s.get(from);
+            s.put(to, &p);
+        }
+    }
+
+    /// Side-table update (no-op off memory): drop the attributes of `key`.
+    fn side_remove(&self, key: &str) {
+        if let Some(s) = self.side() {
+            s.remove(key);
+        }
     }
 
     /// Faults injected so far by `inject_error_rate` (below the retry layer,
@@ -914,12 +1047,20 @@ impl Backend {
     /// Metadata of `path` (`""` is the root directory). A directory (marker,
     /// implied by a key below it, or a real directory) wins over a file object
     /// with the same name. On object stores the HEAD of `path` and a 1-key
-    /// listing of `path/` run concurrently.
+    /// listing of `path/` run concurrently. On memory `posix` comes from the
+    /// side table.
     pub async fn lookup(&self, path: &str) -> Result<Meta> {
         check_path(path, true)?;
         self.deadline("lookup", path, async {
             self.inject_delay(&[path]).await;
-            self.probe(path).await.map(|(m, _)| m)
+            let _gate = self.side_shared().await;
+            let (mut meta, _) = self.probe(path).await?;
+            if let Some(side) = self.side() {
+                if !path.is_empty() {
+                    meta.posix = side.get(&entry_key(path, meta.kind));
+                }
+            }
+            Ok(meta)
         })
         .await
     }
@@ -927,15 +1068,17 @@ impl Backend {
     /// Immediate children of `dir`, sorted by name, metadata from the listing
     /// (no per-entry HEAD). `posix` is filled where
     /// [`Caps::listing_has_posix`]: on fs from each entry's xattrs (one
-    /// blocking-pool task per listing); on object stores it is empty. A name
-    /// present both as file and directory is reported once, as a directory.
-    /// A directory that does not exist lists as empty on object stores.
+    /// blocking-pool task per listing), on memory from the side table; on
+    /// object stores it is empty. A name present both as file and directory
+    /// is reported once, as a directory. A directory that does not exist
+    /// lists as empty on object stores.
     pub async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
         check_path(dir, true)?;
         let key = dir_key(dir);
         let prefix = if dir.is_empty() { "" } else { key.as_str() };
         self.deadline("list", dir, async {
             self.inject_delay(&[dir]).await;
+            let _gate = self.side_shared().await;
             let mut out: BTreeMap<String, Entry> = BTreeMap::new();
             let mut lister = self
                 .op()
@@ -987,6 +1130,15 @@ impl Backend {
             let mut entries: Vec<Entry> = out.into_values().collect();
             if let Some(local) = self.local_path(dir) {
                 entries = fill_posix_from_xattrs(local, entries).await?;
+            }
+            if let Some(side) = self.side() {
+                let map = side.map();
+                for e in entries.iter_mut() {
+                    let key = entry_key(&format!("{prefix}{}", e.name), e.meta.kind);
+                    if let Some(p) = map.get(&key) {
+                        e.meta.posix = p.clone();
+                    }
+                }
             }
             Ok(entries)
         })
@@ -1046,19 +1198,29 @@ impl Backend {
 
     fn write_options(&self, posix: &PosixMeta) -> WriteOptions {
         let mut o = WriteOptions::default();
-        if self.inner.caps.user_metadata && !posix.is_empty() {
+        if self.inner.cap.write_with_user_metadata && !posix.is_empty() {
             o.user_metadata = Some(posix.to_pairs().into_iter().collect());
         }
         o
     }
 
     /// One atomic PUT replacing `path`. POSIX attributes are stored as user
-    /// metadata when the service supports it, silently dropped otherwise.
+    /// metadata when the service supports it (on memory in the side table),
+    /// silently dropped otherwise. Like an S3 PUT, the write replaces the
+    /// stored attributes: an empty `posix` leaves the object without any.
     pub async fn write(&self, path: &str, data: Bytes, posix: &PosixMeta) -> Result<()> {
         check_path(path, false)?;
         let opts = self.write_options(posix);
         self.deadline("write", path, async {
             self.inject_delay(&[path]).await;
+            if let Some(_gate) = self.side_excl().await {
+                self.op()
+                    .write_options(path, data, opts)
+                    .await
+                    .map_err(|e| self.err("write", path, e))?;
+                self.side_put(path, posix);
+                return Ok(());
+            }
             if self.inner.staged {
                 let tmp = tmp_sibling(path);
                 let r = match self.op().write_options(&tmp, data, opts).await {
@@ -1084,7 +1246,8 @@ impl Backend {
 
     /// Streaming upload (multipart on S3, in chunks of at least 8 MiB); the
     /// object becomes visible at [`ObjectWriter::close`]. Not bounded by the
-    /// whole-operation timeout (each call is bounded by `io_timeout`).
+    /// whole-operation timeout (each call is bounded by `io_timeout`). On
+    /// memory `posix` replaces the side-table attributes at close.
     pub async fn writer(&self, path: &str, posix: &PosixMeta) -> Result<ObjectWriter> {
         check_path(path, false)?;
         let mut opts = self.write_options(posix);
@@ -1114,6 +1277,7 @@ impl Backend {
             inner: w,
             path: path.to_string(),
             staging,
+            posix: posix.clone(),
             backend: self.clone(),
         })
     }
@@ -1129,15 +1293,24 @@ impl Backend {
     ///
     /// `posix` is stored where the service can: on fs as `user.*` xattrs of
     /// the new directory (after mkdir; a failure there fails the call but
-    /// leaves the directory). On object stores nothing is stored: OpenDAL's
-    /// `create_dir` takes no options and refuses writes to `dir/` paths, so
-    /// a marker cannot carry user metadata (directories there show the
-    /// configured defaults).
+    /// leaves the directory); on memory in the side table, replacing what
+    /// was stored for the directory. On object stores nothing is stored:
+    /// OpenDAL's `create_dir` takes no options and refuses writes to `dir/`
+    /// paths, so a marker cannot carry user metadata (directories there show
+    /// the configured defaults).
     pub async fn create_dir_with(&self, path: &str, posix: &PosixMeta) -> Result<()> {
         check_path(path, false)?;
         let key = dir_key(path);
         self.deadline("create_dir", path, async {
             self.inject_delay(&[path]).await;
+            if let Some(_gate) = self.side_excl().await {
+                self.op()
+                    .create_dir(&key)
+                    .await
+                    .map_err(|e| self.err("create_dir", &key, e))?;
+                self.side_put(&key, posix);
+                return Ok(());
+            }
             self.op()
                 .create_dir(&key)
                 .await
@@ -1158,6 +1331,7 @@ impl Backend {
         check_path(path, false)?;
         self.deadline("delete_file", path, async {
             self.inject_delay(&[path]).await;
+            let _gate = self.side_excl().await;
             let md = self
                 .op()
                 .stat(path)
@@ -1172,7 +1346,9 @@ impl Backend {
             self.op()
                 .delete(path)
                 .await
-                .map_err(|e| self.err("delete", path, e))
+                .map_err(|e| self.err("delete", path, e))?;
+            self.side_remove(path);
+            Ok(())
         })
         .await
     }
@@ -1185,6 +1361,7 @@ impl Backend {
         let key = dir_key(path);
         self.deadline("remove_dir", path, async {
             self.inject_delay(&[path]).await;
+            let _gate = self.side_excl().await;
             if self.inner.caps.native_dirs {
                 let md = self
                     .op()
@@ -1224,11 +1401,12 @@ impl Backend {
             }
             drop(lister);
             if marker || self.inner.caps.native_dirs {
-                return self
-                    .op()
+                self.op()
                     .delete(&key)
                     .await
-                    .map_err(|e| self.err("delete", &key, e));
+                    .map_err(|e| self.err("delete", &key, e))?;
+                self.side_remove(&key);
+                return Ok(());
             }
             // Nothing under `path/`: a file, or nothing at all.
             match self.op().stat(path).await {
@@ -1246,6 +1424,7 @@ impl Backend {
     /// copy + delete (or read + write + delete without copy). With
     /// `noreplace`, `AlreadyExists` if `to` exists: conditional rename/copy/
     /// write where the service supports it, else a check first (racy).
+    /// POSIX attributes move with the file (on memory: in the side table).
     pub async fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
         check_path(from, false)?;
         check_path(to, false)?;
@@ -1267,6 +1446,7 @@ impl Backend {
         };
         self.deadline("rename", from, async {
             self.inject_delay(&[from, to]).await;
+            let _gate = self.side_excl().await;
             if from == to {
                 // POSIX: renaming a file onto itself does nothing.
                 let (meta, _) = self.probe(from).await?;
@@ -1288,11 +1468,13 @@ impl Backend {
                 let opts = RenameOptions {
                     if_not_exists: noreplace && cap.rename_with_if_not_exists,
                 };
-                return self
-                    .op()
+                self.op()
                     .rename_options(from, to, opts)
                     .await
-                    .map_err(|e| cond(self.err("rename", from, e)));
+                    .map_err(|e| cond(self.err("rename", from, e)))?;
+                self.side_copy(from, to);
+                self.side_remove(from);
+                return Ok(());
             }
 
             if self.inner.caps.copy {
@@ -1307,6 +1489,7 @@ impl Backend {
                     .copy_options(from, to, opts)
                     .await
                     .map_err(|e| cond(self.err("copy", from, e)))?;
+                self.side_copy(from, to);
             } else {
                 if check_first(cap.write_with_if_not_exists) && self.exists(to).await? {
                     return Err(exists_err());
@@ -1331,7 +1514,7 @@ impl Backend {
                     if_not_exists: noreplace && cap.write_with_if_not_exists,
                     ..Default::default()
                 };
-                if self.inner.caps.user_metadata {
+                if self.inner.cap.write_with_user_metadata {
                     if let Some(um) = md.user_metadata() {
                         let m: HashMap<String, String> = um
                             .into_iter()
@@ -1346,11 +1529,14 @@ impl Backend {
                     .write_options(to, data, opts)
                     .await
                     .map_err(|e| cond(self.err("write", to, e)))?;
+                self.side_copy(from, to);
             }
             self.op()
                 .delete(from)
                 .await
-                .map_err(|e| self.err("delete", from, e))
+                .map_err(|e| self.err("delete", from, e))?;
+            self.side_remove(from);
+            Ok(())
         })
         .await
     }
@@ -1368,7 +1554,10 @@ impl Backend {
     /// value; other user metadata is kept).
     ///
     /// On fs the `user.*` xattrs are set in place, on files and directories
-    /// alike (the content is not touched). Elsewhere: `Unsupported` without
+    /// alike (the content is not touched). On memory the side table is
+    /// updated, for files and directories (an implied directory gets a
+    /// marker first, so its attributes live exactly as long as it does);
+    /// `NotFound` if `path` does not exist. Elsewhere: `Unsupported` without
     /// user metadata support and for directories, and the object is
     /// rewritten: server-side (multipart upload-part-copy onto itself) where
     /// the service supports writer-side copy (S3), else by read + write.
@@ -1388,6 +1577,26 @@ impl Backend {
                         return Ok(());
                     }
                     self.set_xattrs("set_posix", path, local, posix).await
+                })
+                .await;
+        }
+        if let Some(side) = self.side() {
+            return self
+                .deadline("set_posix", path, async {
+                    self.inject_delay(&[path]).await;
+                    let _gate = self.side_excl().await;
+                    let (meta, _) = self.probe(path).await?;
+                    let key = entry_key(path, meta.kind);
+                    if meta.kind == EntryKind::Dir {
+                        self.op()
+                            .create_dir(&key)
+                            .await
+                            .map_err(|e| self.err("create_dir", &key, e))?;
+                    }
+                    let mut p = side.get(&key);
+                    merge_posix(&mut p, posix);
+                    side.put(&key, &p);
+                    Ok(())
                 })
                 .await;
         }
@@ -1525,6 +1734,8 @@ pub struct ObjectWriter {
     path: String,
     /// Temporary sibling being written, renamed to `path` at close.
     staging: Option<String>,
+    /// Attributes for the memory side table, stored at close.
+    posix: PosixMeta,
     backend: Backend,
 }
 
@@ -1546,9 +1757,13 @@ impl ObjectWriter {
         r.map_err(|e| self.backend.err("write", &self.path, e))
     }
 
-    /// Complete the upload; the object becomes visible.
+    /// Complete the upload; the object becomes visible (on memory, with its
+    /// attributes: the side table is updated under the gate, after the
+    /// close succeeded).
     pub async fn close(mut self) -> Result<()> {
-        let op = self.backend.op().clone();
+        let backend = self.backend.clone();
+        let _gate = backend.side_excl().await;
+        let op = backend.op().clone();
         let r = match self.inner.close().await {
             Ok(_) => match &self.staging {
                 Some(tmp) => op.rename(tmp, &self.path).await,
@@ -1560,7 +1775,10 @@ impl ObjectWriter {
             }
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                backend.side_put(&self.path, &self.posix);
+                Ok(())
+            }
             Err(e) => {
                 if let Some(tmp) = &self.staging {
                     let _ = op.delete(tmp).await;

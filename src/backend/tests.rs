@@ -102,12 +102,12 @@ fn build_errors() {
 #[test]
 fn caps_of_memory_and_fs() {
     let m = memory().caps();
-    assert!(!m.user_metadata && !m.copy && !m.native_rename && !m.native_dirs);
+    // OpenDAL's memory service has no user metadata, but the back-end keeps
+    // POSIX attributes for it in an in-process side table, so it reports
+    // them as persisted, and listings carry them.
+    assert!(m.user_metadata && !m.copy && !m.native_rename && !m.native_dirs);
     assert!(m.read && m.write && m.list && m.delete && m.write_if_not_exists);
-    assert!(
-        m.listing_has_posix,
-        "memory stores no POSIX metadata at all"
-    );
+    assert!(m.listing_has_posix, "listings read the side table");
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fs(&dir).caps();
     assert!(f.native_dirs && f.native_rename && f.copy && f.user_metadata);
@@ -351,16 +351,24 @@ async fn memory_dir_wins_and_dedup() {
         ]
     );
     assert!(b.list("a").await.expect("list a").is_empty());
-    // Memory keeps no user metadata: dropped on write, refused by set_posix.
-    let posix = PosixMeta {
+    // The file `a` and the directory `a` keep separate attributes (the
+    // side table is keyed like the objects: `a` and `a/`).
+    let fp = PosixMeta {
         mode: Some(0o100600),
         ..Default::default()
     };
-    b.write("m", Bytes::from_static(b"m"), &posix)
+    let dp = PosixMeta {
+        mode: Some(0o040711),
+        ..Default::default()
+    };
+    b.write("a", Bytes::from_static(b"file"), &fp)
         .await
-        .expect("write m");
-    assert_eq!(b.lookup("m").await.expect("m").posix, PosixMeta::default());
-    assert_eq!(kind(b.set_posix("m", &posix).await), ErrorKind::Unsupported);
+        .expect("rewrite a");
+    b.set_posix("a", &dp).await.expect("set_posix dir a");
+    assert_eq!(b.lookup("a").await.expect("a").posix, dp, "the dir wins");
+    b.remove_dir("a").await.expect("rmdir a");
+    let a = b.lookup("a").await.expect("file a again");
+    assert_eq!((a.kind, a.posix), (EntryKind::File, fp));
 }
 
 #[tokio::test]
@@ -926,16 +934,288 @@ async fn fs_listing_and_dirs_carry_posix() {
     assert_eq!(names, vec!["bare", "d", "plain", "sub"]);
 }
 
+// ---------------------------------------------------------------------------
+// POSIX metadata on memory: kept in the in-process side table.
+
+fn fposix(mode: u32, uid: u32) -> PosixMeta {
+    PosixMeta {
+        mode: Some(0o100000 | mode),
+        uid: Some(uid),
+        gid: Some(uid + 1),
+        mtime: Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000 + u64::from(uid))),
+    }
+}
+
+/// `posix` of the entry `name` in `list(dir)`.
+async fn listed_posix(b: &Backend, dir: &str, name: &str) -> PosixMeta {
+    let l = b.list(dir).await.expect("list");
+    let e = l.iter().find(|e| e.name == name).expect("listed");
+    e.meta.posix.clone()
+}
+
 #[tokio::test]
-async fn memory_create_dir_with_stores_nothing() {
+async fn memory_create_dir_with_stores_posix() {
+    // Was `memory_create_dir_with_stores_nothing`: memory now keeps
+    // directory attributes in the side table, like fs keeps them in xattrs.
     let b = memory();
     let dp = PosixMeta {
         mode: Some(0o040700),
+        uid: Some(5),
         ..Default::default()
     };
     b.create_dir_with("d", &dp).await.expect("mkdir");
     let m = b.lookup("d").await.expect("lookup d");
-    assert_eq!((m.kind, m.posix), (EntryKind::Dir, PosixMeta::default()));
-    let l = b.list("").await.expect("list");
-    assert_eq!(l[0].meta.posix, PosixMeta::default());
+    assert_eq!((m.kind, &m.posix), (EntryKind::Dir, &dp));
+    assert_eq!(listed_posix(&b, "", "d").await, dp);
+    // A directory made without attributes has none.
+    b.create_dir("bare").await.expect("mkdir bare");
+    assert_eq!(
+        b.lookup("bare").await.expect("bare").posix,
+        PosixMeta::default()
+    );
+    // rmdir drops them: a re-created directory starts clean.
+    b.remove_dir("d").await.expect("rmdir");
+    assert_eq!(kind(b.lookup("d").await), ErrorKind::NotFound);
+    b.create_dir("d").await.expect("mkdir again");
+    assert_eq!(
+        b.lookup("d").await.expect("d").posix,
+        PosixMeta::default(),
+        "no stale attributes"
+    );
+    // Files below a directory do not touch its attributes.
+    b.create_dir_with("e", &dp).await.expect("mkdir e");
+    b.write("e/f", Bytes::from_static(b"x"), &fposix(0o644, 1))
+        .await
+        .expect("write e/f");
+    b.delete_file("e/f").await.expect("rm e/f");
+    assert_eq!(b.lookup("e").await.expect("e").posix, dp);
+}
+
+#[tokio::test]
+async fn memory_write_posix_round_trip() {
+    let b = memory();
+    let p = fposix(0o640, 1000);
+    b.write("f", Bytes::from_static(b"data"), &p)
+        .await
+        .expect("write");
+    let m = b.lookup("f").await.expect("lookup");
+    assert_eq!((m.size, &m.posix), (4, &p));
+    assert_eq!(listed_posix(&b, "", "f").await, p);
+    // A rewrite replaces the attributes (like an S3 PUT) ...
+    let q = fposix(0o600, 7);
+    b.write("f", Bytes::from_static(b"new"), &q)
+        .await
+        .expect("rewrite");
+    assert_eq!(b.lookup("f").await.expect("f").posix, q);
+    // ... and a rewrite without any leaves none (the vfs passes the open
+    // file's attributes, read by lookup at open, so they survive).
+    b.write("f", Bytes::from_static(b"x"), &PosixMeta::default())
+        .await
+        .expect("rewrite bare");
+    assert_eq!(b.lookup("f").await.expect("f").posix, PosixMeta::default());
+
+    // Kept in the user-metadata encoding, as on fs and S3: whole seconds.
+    let frac = PosixMeta {
+        mtime: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
+        ..Default::default()
+    };
+    b.write("t", Bytes::from_static(b"t"), &frac)
+        .await
+        .expect("write t");
+    assert_eq!(
+        b.lookup("t").await.expect("t").posix.mtime,
+        Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    );
+
+    // The streaming writer stores them at close, not before.
+    let w_p = fposix(0o755, 3);
+    let mut w = b.writer("w", &w_p).await.expect("writer");
+    w.write(Bytes::from_static(b"abc")).await.expect("w.write");
+    assert_eq!(kind(b.lookup("w").await), ErrorKind::NotFound);
+    w.close().await.expect("close");
+    let m = b.lookup("w").await.expect("w");
+    assert_eq!((m.size, &m.posix), (3, &w_p));
+    // An aborted writer stores nothing and keeps the old attributes.
+    let w = b.writer("w", &fposix(0o600, 9)).await.expect("writer");
+    w.abort().await.expect("abort");
+    assert_eq!(b.lookup("w").await.expect("w").posix, w_p);
+}
+
+#[tokio::test]
+async fn memory_set_posix_files_and_dirs() {
+    let b = memory();
+    let p = fposix(0o644, 1000);
+    b.write("d/f", Bytes::from_static(b"data"), &p)
+        .await
+        .expect("write");
+    // File: set fields replace, unset fields are kept; content untouched.
+    let chmod = PosixMeta {
+        mode: Some(0o100600),
+        ..Default::default()
+    };
+    b.set_posix("d/f", &chmod).await.expect("set_posix file");
+    let m = b.lookup("d/f").await.expect("lookup");
+    assert_eq!(
+        m.posix,
+        PosixMeta {
+            mode: Some(0o100600),
+            ..p.clone()
+        }
+    );
+    assert_eq!(
+        b.read("d/f", 0, 10).await.expect("read"),
+        Bytes::from_static(b"data")
+    );
+    assert_eq!(listed_posix(&b, "d", "f").await, m.posix);
+    // A whole PosixMeta (what the vfs passes) replaces every field.
+    let all = fposix(0o400, 42);
+    b.set_posix("d/f", &all).await.expect("set_posix all");
+    assert_eq!(b.lookup("d/f").await.expect("lookup").posix, all);
+
+    // Directory made by mkdir.
+    b.create_dir("dir").await.expect("mkdir");
+    let dp = PosixMeta {
+        mode: Some(0o040750),
+        uid: Some(7),
+        gid: Some(8),
+        mtime: None,
+    };
+    b.set_posix("dir", &dp).await.expect("set_posix dir");
+    assert_eq!(b.lookup("dir").await.expect("dir").posix, dp);
+    assert_eq!(listed_posix(&b, "", "dir").await, dp);
+
+    // Implied directory (`d` exists only through `d/f`): it gets a marker,
+    // so it and its attributes outlive its last file.
+    b.set_posix("d", &dp).await.expect("set_posix implied dir");
+    assert_eq!(b.lookup("d").await.expect("d").posix, dp);
+    b.delete_file("d/f").await.expect("rm d/f");
+    let m = b.lookup("d").await.expect("d stays");
+    assert_eq!((m.kind, m.posix), (EntryKind::Dir, dp.clone()));
+    b.remove_dir("d").await.expect("rmdir d");
+
+    // Missing targets and the root.
+    assert_eq!(kind(b.set_posix("nope", &dp).await), ErrorKind::NotFound);
+    assert_eq!(kind(b.set_posix("x/nope", &dp).await), ErrorKind::NotFound);
+    assert_eq!(kind(b.set_posix("", &dp).await), ErrorKind::InvalidInput);
+    assert_eq!(kind(b.lookup("nope").await), ErrorKind::NotFound);
+    assert_eq!(
+        b.lookup("").await.expect("root").posix,
+        PosixMeta::default()
+    );
+}
+
+#[tokio::test]
+async fn memory_rename_moves_and_delete_drops_posix() {
+    let b = memory();
+    let p = fposix(0o640, 1000);
+    let q = fposix(0o600, 2000);
+    b.write("a", Bytes::from_static(b"aaa"), &p)
+        .await
+        .expect("write a");
+    b.write("b", Bytes::from_static(b"bb"), &q)
+        .await
+        .expect("write b");
+    // Rename moves the attributes; the source keeps none.
+    b.rename_file("a", "sub/a2", false).await.expect("rename");
+    assert_eq!(b.lookup("sub/a2").await.expect("a2").posix, p);
+    assert_eq!(listed_posix(&b, "sub", "a2").await, p);
+    assert_eq!(kind(b.lookup("a").await), ErrorKind::NotFound);
+    // Replacing a target: it takes the source's attributes.
+    b.rename_file("sub/a2", "b", false)
+        .await
+        .expect("replace b");
+    let m = b.lookup("b").await.expect("b");
+    assert_eq!((m.size, &m.posix), (3, &p));
+    // A refused noreplace rename changes nothing.
+    b.write("c", Bytes::from_static(b"c"), &q)
+        .await
+        .expect("write c");
+    assert_eq!(
+        kind(b.rename_file("c", "b", true).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(b.lookup("b").await.expect("b").posix, p);
+    assert_eq!(b.lookup("c").await.expect("c").posix, q);
+    // A file without attributes renamed onto one with: the target has none.
+    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default())
+        .await
+        .expect("write plain");
+    b.rename_file("plain", "c", false)
+        .await
+        .expect("rename plain");
+    assert_eq!(b.lookup("c").await.expect("c").posix, PosixMeta::default());
+    // Rename onto itself keeps them.
+    b.rename_file("b", "b", false).await.expect("self rename");
+    assert_eq!(b.lookup("b").await.expect("b").posix, p);
+
+    // Delete drops them: a re-created file has no stale attributes.
+    b.delete_file("b").await.expect("rm b");
+    b.write("b", Bytes::from_static(b"new"), &PosixMeta::default())
+        .await
+        .expect("re-create b");
+    assert_eq!(b.lookup("b").await.expect("b").posix, PosixMeta::default());
+    assert_eq!(listed_posix(&b, "", "b").await, PosixMeta::default());
+    // Failed calls leave the table alone.
+    assert_eq!(kind(b.delete_file("nope").await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(b.rename_file("nope", "b", false).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(b.lookup("b").await.expect("b").posix, PosixMeta::default());
+    let left = b.inner.side.as_ref().expect("side table").map().len();
+    assert_eq!(left, 0, "no attributes of deleted objects remain");
+}
+
+#[tokio::test]
+async fn memory_list_posix_matches_lookup() {
+    let b = memory();
+    let dp = PosixMeta {
+        mode: Some(0o040755),
+        uid: Some(1),
+        ..Default::default()
+    };
+    b.create_dir_with("d", &dp).await.expect("mkdir d");
+    b.write("d/x", Bytes::from_static(b"x"), &fposix(0o644, 2))
+        .await
+        .expect("x");
+    b.write("d/y/z", Bytes::from_static(b"z"), &fposix(0o600, 3))
+        .await
+        .expect("z");
+    b.write("d/plain", Bytes::from_static(b"p"), &PosixMeta::default())
+        .await
+        .expect("plain");
+    for dir in ["", "d", "d/y"] {
+        for e in b.list(dir).await.expect("list") {
+            let path = if dir.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{dir}/{}", e.name)
+            };
+            let m = b.lookup(&path).await.expect("lookup");
+            assert_eq!((e.meta.kind, &e.meta.posix), (m.kind, &m.posix), "{path}");
+        }
+    }
+    assert_eq!(listed_posix(&b, "d/y", "z").await, fposix(0o600, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_writes_keep_data_and_posix_together() {
+    // Many tasks rewrite the same file, each with its own content and
+    // attributes; whichever wins, lookup's size and posix belong together.
+    let b = memory();
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = Bytes::from(vec![b'x'; i as usize + 1]);
+            b.write("f", data, &fposix(0o600, i)).await.expect("write");
+            let m = b.lookup("f").await.expect("lookup");
+            assert_eq!(m.posix.uid, Some(m.size as u32 - 1), "size and posix agree");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let m = b.lookup("f").await.expect("lookup");
+    assert_eq!(m.posix.uid, Some(m.size as u32 - 1));
 }

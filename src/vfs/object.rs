@@ -523,7 +523,9 @@ impl ObjectFs {
         let mut moved = 0usize;
         let mut emptied = Vec::new();
         while let Some((f, t)) = stack.pop() {
-            self.backend.create_dir(&t).await?;
+            // The new directory keeps the old one's mode and owner.
+            let posix = self.backend.lookup(&f).await.map(|m| m.posix).unwrap_or_default();
+            self.backend.create_dir_with(&t, &posix).await?;
             for e in self.backend.list(&f).await? {
                 moved += 1;
                 if moved > self.opts.rename_dir_limit {
