@@ -132,6 +132,8 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
         dir_mode: b.default_dir_mode,
         uid: b.default_uid,
         gid: b.default_gid,
+        part_size: b.part_size,
+        rename_dir_limit: b.rename_dir_limit,
         ..Default::default()
     };
     let fs = ObjectFs::new(backend.clone(), opts);

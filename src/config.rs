@@ -138,6 +138,13 @@ pub struct BackendSettings {
     pub default_dir_mode: u32,
     pub default_uid: u32,
     pub default_gid: u32,
+    /// Files up to this many bytes are uploaded with one PUT; larger ones as
+    /// a multipart upload in parts of this size (default 8 MiB, at least
+    /// 5 MiB, S3's smallest part). A byte count or a string like `"16MiB"`.
+    pub part_size: usize,
+    /// Most objects one directory rename may move (default 10,000); beyond
+    /// it the rename answers EXDEV and tools fall back to copy + delete.
+    pub rename_dir_limit: usize,
     /// For testing; off by default (0). Extra delay (`tokio::time::sleep`)
     /// before every public async back-end call (lookup, list, read, write,
     /// writer, create_dir, delete_file, remove_dir, rename_file, set_posix)
@@ -177,6 +184,8 @@ impl Default for BackendSettings {
             default_dir_mode: 0o755,
             default_uid: 0,
             default_gid: 0,
+            part_size: 8 << 20,
+            rename_dir_limit: 10_000,
             inject_latency: Duration::ZERO,
             inject_latency_paths: String::new(),
             inject_error_rate: 0.0,
@@ -361,6 +370,31 @@ fn get_usize(section: &str, key: &str, v: &Value) -> Result<usize, ConfigError> 
         .map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
 }
 
+/// A size in bytes: an integer, or a string with a binary unit
+/// (`"512KiB"`, `"8MiB"`, `"1GiB"`; `K`/`M`/`G` and `KB`/`MB`/`GB` mean the same).
+fn get_size(section: &str, key: &str, v: &Value) -> Result<usize, ConfigError> {
+    let bad = || ConfigError::new(format!("{section}.{key}: invalid size {v} (use bytes or e.g. \"8MiB\")"));
+    let n: u64 = match v {
+        Value::Integer(i) => u64::try_from(*i).map_err(|_| bad())?,
+        Value::String(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let num: u64 = num.parse().map_err(|_| bad())?;
+            let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                _ => return Err(bad()),
+            };
+            num.checked_mul(mul).ok_or_else(bad)?
+        }
+        _ => return Err(wrong_type(section, key, "a size (bytes or e.g. \"8MiB\")", v)),
+    };
+    usize::try_from(n).map_err(|_| bad())
+}
+
 /// A fraction in 0.0..=1.0 (a TOML float, or the integers 0 and 1).
 fn get_fraction(section: &str, key: &str, v: &Value) -> Result<f64, ConfigError> {
     let f = match v {
@@ -533,6 +567,8 @@ fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
             "default_dir_mode" => b.default_dir_mode = get_mode(S, k, v)?,
             "default_uid" => b.default_uid = get_u32(S, k, v)?,
             "default_gid" => b.default_gid = get_u32(S, k, v)?,
+            "part_size" => b.part_size = get_size(S, k, v)?,
+            "rename_dir_limit" => b.rename_dir_limit = get_usize(S, k, v)?,
             "inject_latency" => b.inject_latency = get_duration(S, k, v)?,
             "inject_latency_paths" => {
                 let p = get_string(S, k, v)?;
@@ -551,6 +587,9 @@ fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
     }
     if b.io_timeout.is_zero() {
         return Err(ConfigError::new(format!("{S}.io_timeout: must be > 0")));
+    }
+    if !(5 << 20..=5 << 30).contains(&b.part_size) {
+        return Err(ConfigError::new(format!("{S}.part_size: must be within 5MiB..=5GiB, got {}", b.part_size)));
     }
     if b.retry_min_delay > b.retry_max_delay {
         return Err(ConfigError::new(format!(
@@ -669,6 +708,7 @@ secret_access_key = "adminsecret"
         assert_eq!(cfg.backend_settings.default_uid, 1000);
         assert_eq!(cfg.backend_settings.timeout, Duration::from_secs(5));
         assert_eq!(cfg.backend_settings.retry_max_times, 0);
+        assert_eq!(cfg.backend_settings.part_size, 8 << 20);
 
         let e = err("[storage_settings]\ntype = \"fs\"\n");
         assert!(e.contains("requires `root`"), "{e}");
@@ -907,6 +947,20 @@ secret_access_key = "adminsecret"
         }
         for k in ["bucket", "region", "endpoint", "root"] {
             assert!(!is_secret_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn part_size_and_rename_limit() {
+        let base = "[storage_settings]\ntype = \"memory\"\n[backend_settings]\n";
+        let c = Config::parse(&format!("{base}part_size = \"16MiB\"\nrename_dir_limit = 5\n")).unwrap();
+        assert_eq!(c.backend_settings.part_size, 16 << 20);
+        assert_eq!(c.backend_settings.rename_dir_limit, 5);
+        let c = Config::parse(&format!("{base}part_size = 6291456\n")).unwrap();
+        assert_eq!(c.backend_settings.part_size, 6 << 20);
+        for bad in ["\"1MiB\"", "\"lots\"", "\"8XB\"", "-1", "true"] {
+            let e = Config::parse(&format!("{base}part_size = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("part_size") && !e.contains('\n'), "{bad}: {e}");
         }
     }
 }
