@@ -23,7 +23,12 @@ use crate::vfs::{ObjectFs, ObjectFsOptions};
 pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "ovfs", version, about = "virtio-fs over vhost-user, backed by Apache OpenDAL", args_override_self = true)]
+#[command(
+    name = "ovfs",
+    version,
+    about = "virtio-fs over vhost-user, backed by Apache OpenDAL",
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -90,10 +90,7 @@ pub struct StorageSettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        StorageSettings {
-            service: "memory".to_string(),
-            options: BTreeMap::new(),
-        }
+        StorageSettings { service: "memory".to_string(), options: BTreeMap::new() }
     }
 }
 
@@ -202,12 +199,7 @@ impl ConfigError {
     fn new(msg: impl Into<String>) -> Self {
         // Always one line.
         let msg: String = msg.into();
-        let one_line = msg
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let one_line = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         ConfigError(one_line)
     }
 
@@ -236,17 +228,7 @@ impl std::error::Error for ConfigError {}
 /// `key` (e.g. `access_key_id`, `sse_customer_key`, `account_key`).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    [
-        "secret",
-        "token",
-        "password",
-        "credential",
-        "key",
-        "passwd",
-        "auth",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
+    ["secret", "token", "password", "credential", "key", "passwd", "auth"].iter().any(|w| k.contains(w))
 }
 
 impl Default for Config {
@@ -287,9 +269,7 @@ impl Config {
     /// Syntax, types and ranges; storage keys are only checked by `parse`.
     fn parse_unchecked(text: &str) -> Result<Config, ConfigError> {
         let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             match line {
                 Some(l) => ConfigError::new(format!("line {l}: {}", e.message())),
                 None => ConfigError::new(e.message().to_string()),
@@ -300,11 +280,7 @@ impl Config {
         for (section, value) in doc {
             let table = match value {
                 Value::Table(t) => t,
-                _ => {
-                    return Err(ConfigError::new(format!(
-                        "`{section}` must be a section ([{section}])"
-                    )))
-                }
+                _ => return Err(ConfigError::new(format!("`{section}` must be a section ([{section}])"))),
             };
             match section.as_str() {
                 "socket_settings" => cfg.socket_settings = parse_socket(table)?,
@@ -339,22 +315,18 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn wrong_type(section: &str, key: &str, want: &str, v: &Value) -> ConfigError {
-    ConfigError::new(format!(
-        "{section}.{key}: expected {want}, found {}",
-        type_name(v)
-    ))
+    ConfigError::new(format!("{section}.{key}: expected {want}, found {}", type_name(v)))
 }
 
 fn get_bool(section: &str, key: &str, v: &Value) -> Result<bool, ConfigError> {
-    v.as_bool()
-        .ok_or_else(|| wrong_type(section, key, "a boolean", v))
+    v.as_bool().ok_or_else(|| wrong_type(section, key, "a boolean", v))
 }
 
 fn get_u64(section: &str, key: &str, v: &Value) -> Result<u64, ConfigError> {
     match v {
-        Value::Integer(i) => u64::try_from(*i).map_err(|_| {
-            ConfigError::new(format!("{section}.{key}: must not be negative, got {i}"))
-        }),
+        Value::Integer(i) => {
+            u64::try_from(*i).map_err(|_| ConfigError::new(format!("{section}.{key}: must not be negative, got {i}")))
+        }
         _ => Err(wrong_type(section, key, "an integer", v)),
     }
 }
@@ -366,8 +338,7 @@ fn get_u32(section: &str, key: &str, v: &Value) -> Result<u32, ConfigError> {
 
 fn get_usize(section: &str, key: &str, v: &Value) -> Result<usize, ConfigError> {
     let n = get_u64(section, key, v)?;
-    usize::try_from(n)
-        .map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
+    usize::try_from(n).map_err(|_| ConfigError::new(format!("{section}.{key}: {n} is out of range")))
 }
 
 /// A size in bytes: an integer, or a string with a binary unit
@@ -403,17 +374,13 @@ fn get_fraction(section: &str, key: &str, v: &Value) -> Result<f64, ConfigError>
         _ => return Err(wrong_type(section, key, "a number in 0.0..=1.0", v)),
     };
     if !(0.0..=1.0).contains(&f) {
-        return Err(ConfigError::new(format!(
-            "{section}.{key}: must be within 0.0..=1.0, got {f}"
-        )));
+        return Err(ConfigError::new(format!("{section}.{key}: must be within 0.0..=1.0, got {f}")));
     }
     Ok(f)
 }
 
 fn get_string(section: &str, key: &str, v: &Value) -> Result<String, ConfigError> {
-    v.as_str()
-        .map(str::to_string)
-        .ok_or_else(|| wrong_type(section, key, "a string", v))
+    v.as_str().map(str::to_string).ok_or_else(|| wrong_type(section, key, "a string", v))
 }
 
 /// A humantime string (`"60s"`, `"1m 30s"`, `"250ms"`) or integer seconds.
@@ -422,12 +389,7 @@ fn get_duration(section: &str, key: &str, v: &Value) -> Result<Duration, ConfigE
         Value::String(s) => humantime::parse_duration(s.trim())
             .map_err(|_| ConfigError::new(format!("{section}.{key}: invalid duration {s:?}"))),
         Value::Integer(_) => Ok(Duration::from_secs(get_u64(section, key, v)?)),
-        _ => Err(wrong_type(
-            section,
-            key,
-            "a duration string such as \"60s\"",
-            v,
-        )),
+        _ => Err(wrong_type(section, key, "a duration string such as \"60s\"", v)),
     }
 }
 
@@ -439,28 +401,16 @@ fn get_mode(section: &str, key: &str, v: &Value) -> Result<u32, ConfigError> {
             let t = s.trim();
             let digits = t.strip_prefix("0o").unwrap_or(t);
             if digits.is_empty() {
-                return Err(ConfigError::new(format!(
-                    "{section}.{key}: invalid octal mode {s:?}"
-                )));
+                return Err(ConfigError::new(format!("{section}.{key}: invalid octal mode {s:?}")));
             }
-            u32::from_str_radix(digits, 8).map_err(|_| {
-                ConfigError::new(format!("{section}.{key}: invalid octal mode {s:?}"))
-            })?
+            u32::from_str_radix(digits, 8)
+                .map_err(|_| ConfigError::new(format!("{section}.{key}: invalid octal mode {s:?}")))?
         }
         Value::Integer(_) => get_u32(section, key, v)?,
-        _ => {
-            return Err(wrong_type(
-                section,
-                key,
-                "an octal mode string such as \"0644\"",
-                v,
-            ))
-        }
+        _ => return Err(wrong_type(section, key, "an octal mode string such as \"0644\"", v)),
     };
     if mode > 0o7777 {
-        return Err(ConfigError::new(format!(
-            "{section}.{key}: mode {mode:#o} has bits outside 0o7777"
-        )));
+        return Err(ConfigError::new(format!("{section}.{key}: mode {mode:#o} has bits outside 0o7777")));
     }
     Ok(mode)
 }
@@ -490,9 +440,7 @@ fn parse_socket(t: toml::Table) -> Result<SocketSettings, ConfigError> {
             "num_request_queues" => {
                 let n = get_usize(S, k, v)?;
                 if !(1..=MAX_REQUEST_QUEUES).contains(&n) {
-                    return Err(ConfigError::new(format!(
-                        "{S}.{k}: must be 1..={MAX_REQUEST_QUEUES}, got {n}"
-                    )));
+                    return Err(ConfigError::new(format!("{S}.{k}: must be 1..={MAX_REQUEST_QUEUES}, got {n}")));
                 }
                 s.num_request_queues = Some(n);
             }
@@ -548,8 +496,7 @@ fn parse_storage(t: toml::Table) -> Result<StorageSettings, ConfigError> {
         };
         options.insert(k.clone(), s);
     }
-    let service =
-        service.ok_or_else(|| ConfigError::new(format!("[{S}] missing required key `type`")))?;
+    let service = service.ok_or_else(|| ConfigError::new(format!("[{S}] missing required key `type`")))?;
     Ok(StorageSettings { service, options })
 }
 
@@ -592,9 +539,7 @@ fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
         return Err(ConfigError::new(format!("{S}.part_size: must be within 5MiB..=5GiB, got {}", b.part_size)));
     }
     if b.retry_min_delay > b.retry_max_delay {
-        return Err(ConfigError::new(format!(
-            "{S}.retry_min_delay: must not exceed retry_max_delay"
-        )));
+        return Err(ConfigError::new(format!("{S}.retry_min_delay: must not exceed retry_max_delay")));
     }
     Ok(b)
 }
@@ -639,40 +584,19 @@ secret_access_key = "adminsecret"
     #[test]
     fn example_file_parses() {
         let cfg = Config::parse(EXAMPLE).expect("example parses");
-        assert_eq!(
-            cfg.socket_settings.socket_path.as_deref(),
-            Some(Path::new("/tmp/vfsd.sock"))
-        );
+        assert_eq!(cfg.socket_settings.socket_path.as_deref(), Some(Path::new("/tmp/vfsd.sock")));
         assert!(cfg.cache_settings.enabled_cache);
         assert!(!cfg.cache_settings.enabled_cache_write_back);
-        assert_eq!(
-            cfg.cache_settings.cache_expiration_time,
-            Duration::from_secs(60)
-        );
+        assert_eq!(cfg.cache_settings.cache_expiration_time, Duration::from_secs(60));
         assert_eq!(cfg.cache_settings.attr_timeout, Duration::from_secs(1));
         assert_eq!(cfg.storage_settings.service, "s3");
-        assert_eq!(
-            cfg.storage_settings
-                .options
-                .get("bucket")
-                .map(String::as_str),
-            Some("test")
-        );
-        assert_eq!(
-            cfg.storage_settings
-                .options
-                .get("secret_access_key")
-                .map(String::as_str),
-            Some("adminsecret")
-        );
+        assert_eq!(cfg.storage_settings.options.get("bucket").map(String::as_str), Some("test"));
+        assert_eq!(cfg.storage_settings.options.get("secret_access_key").map(String::as_str), Some("adminsecret"));
         assert!(!cfg.storage_settings.options.contains_key("type"));
         assert_eq!(cfg.backend_settings, BackendSettings::default());
         let dbg = format!("{cfg:?}");
         assert_no_secret(&dbg);
-        assert!(
-            dbg.contains("\"test\""),
-            "non-secret values stay visible: {dbg}"
-        );
+        assert!(dbg.contains("\"test\""), "non-secret values stay visible: {dbg}");
     }
 
     #[test]
@@ -724,18 +648,12 @@ secret_access_key = "adminsecret"
         assert_eq!(cfg.socket_settings.num_request_queues, Some(4));
         assert_eq!(cfg.cache_settings.attr_timeout, Duration::from_secs(2));
         assert_eq!(cfg.cache_settings.entry_timeout, Duration::from_secs(3));
-        assert_eq!(
-            cfg.cache_settings.negative_timeout,
-            Duration::from_millis(500)
-        );
+        assert_eq!(cfg.cache_settings.negative_timeout, Duration::from_millis(500));
         let e = err("[socket_settings]\nnum_request_queues = 17\n");
         assert!(e.contains("socket_settings.num_request_queues"), "{e}");
         let e = err("[socket_settings]\nnum_request_queues = 0\n");
         assert!(e.contains("num_request_queues"), "{e}");
-        let e = err(&format!(
-            "[socket_settings]\ntag = \"{}\"\n",
-            "x".repeat(37)
-        ));
+        let e = err(&format!("[socket_settings]\ntag = \"{}\"\n", "x".repeat(37)));
         assert!(e.contains("socket_settings.tag"), "{e}");
     }
 
@@ -779,10 +697,7 @@ secret_access_key = "adminsecret"
     #[test]
     fn wrong_type() {
         let e = err("[cache_settings]\nenabled_cache = \"yes\"\n");
-        assert_eq!(
-            e,
-            "config: cache_settings.enabled_cache: expected a boolean, found a string"
-        );
+        assert_eq!(e, "config: cache_settings.enabled_cache: expected a boolean, found a string");
         let e = err("[socket_settings]\nsocket_path = 3\n");
         assert!(e.contains("socket_settings.socket_path"), "{e}");
         let e = err("[storage_settings]\ntype = \"memory\"\nroot = [1]\n");
@@ -802,22 +717,13 @@ secret_access_key = "adminsecret"
             "[storage_settings]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"r\"\ndisable_config_load = true\n",
         )
         .expect("bools accepted");
-        assert_eq!(
-            cfg.storage_settings
-                .options
-                .get("disable_config_load")
-                .map(String::as_str),
-            Some("true")
-        );
+        assert_eq!(cfg.storage_settings.options.get("disable_config_load").map(String::as_str), Some("true"));
     }
 
     #[test]
     fn bad_duration() {
         let e = err("[cache_settings]\ncache_expiration_time = \"abc\"\n");
-        assert_eq!(
-            e,
-            "config: cache_settings.cache_expiration_time: invalid duration \"abc\""
-        );
+        assert_eq!(e, "config: cache_settings.cache_expiration_time: invalid duration \"abc\"");
         let e = err("[backend_settings]\nretry_min_delay = \"5s\"\nretry_max_delay = \"1s\"\n");
         assert!(e.contains("retry_min_delay"), "{e}");
     }
@@ -839,10 +745,7 @@ secret_access_key = "adminsecret"
         assert_eq!(b.inject_error_rate, 0.25);
         assert_eq!(b.inject_error_rate_final, 1.0);
         let cfg = Config::parse("[backend_settings]\ninject_latency = \"200ms\"\n").expect("ms");
-        assert_eq!(
-            cfg.backend_settings.inject_latency,
-            Duration::from_millis(200)
-        );
+        assert_eq!(cfg.backend_settings.inject_latency, Duration::from_millis(200));
 
         for (key, val) in [
             ("inject_error_rate", "1.5"),
@@ -852,23 +755,12 @@ secret_access_key = "adminsecret"
             ("inject_error_rate_final", "inf"),
         ] {
             let e = err(&format!("[backend_settings]\n{key} = {val}\n"));
-            assert!(
-                e.starts_with(&format!(
-                    "config: backend_settings.{key}: must be within 0.0..=1.0"
-                )),
-                "{e}"
-            );
+            assert!(e.starts_with(&format!("config: backend_settings.{key}: must be within 0.0..=1.0")), "{e}");
         }
         let e = err("[backend_settings]\ninject_error_rate = \"0.5\"\n");
-        assert!(
-            e.contains("backend_settings.inject_error_rate: expected a number"),
-            "{e}"
-        );
+        assert!(e.contains("backend_settings.inject_error_rate: expected a number"), "{e}");
         let e = err("[backend_settings]\ninject_latency = \"soon\"\n");
-        assert!(
-            e.contains("backend_settings.inject_latency: invalid duration"),
-            "{e}"
-        );
+        assert!(e.contains("backend_settings.inject_latency: invalid duration"), "{e}");
         let e = err("[backend_settings]\ninject_latency_paths = 3\n");
         assert!(e.contains("backend_settings.inject_latency_paths"), "{e}");
     }
@@ -894,18 +786,9 @@ secret_access_key = "adminsecret"
             EXAMPLE.replace("bucket = \"test\"\n", ""),
             EXAMPLE.replace("bucket = \"test\"", "bucket = \"test\"\nbukket = \"x\""),
             EXAMPLE.replace("[cache_settings]", "[cache_settings]\nfoo = 1"),
-            EXAMPLE.replace(
-                "secret_access_key = \"adminsecret\"",
-                "secret_access_key = adminsecret",
-            ),
-            EXAMPLE.replace(
-                "secret_access_key = \"adminsecret\"",
-                "secret_access_key = [\"adminsecret\"]",
-            ),
-            EXAMPLE.replace(
-                "region = \"us-east-1\"\n",
-                "session_token = \"tok3n\"\nfoo_password = 1\n",
-            ),
+            EXAMPLE.replace("secret_access_key = \"adminsecret\"", "secret_access_key = adminsecret"),
+            EXAMPLE.replace("secret_access_key = \"adminsecret\"", "secret_access_key = [\"adminsecret\"]"),
+            EXAMPLE.replace("region = \"us-east-1\"\n", "session_token = \"tok3n\"\nfoo_password = 1\n"),
             EXAMPLE.replace("type = \"s3\"", "type = \"adminsecret\""),
             EXAMPLE.replace(
                 "endpoint = \"http://127.0.0.1:8333\"",
@@ -935,14 +818,7 @@ secret_access_key = "adminsecret"
 
     #[test]
     fn secret_key_detection() {
-        for k in [
-            "secret_access_key",
-            "access_key_id",
-            "session_token",
-            "password",
-            "sse_customer_key",
-            "credential",
-        ] {
+        for k in ["secret_access_key", "access_key_id", "session_token", "password", "sse_customer_key", "credential"] {
             assert!(is_secret_key(k), "{k}");
         }
         for k in ["bucket", "region", "endpoint", "root"] {

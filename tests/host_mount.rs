@@ -13,7 +13,13 @@ fn copy_tree(m: &Mounted) {
     let files: usize = String::from_utf8_lossy(&n.stdout).trim().parse().unwrap_or(0);
     assert!(files >= 300, "need a real tree with hundreds of files, {TREE} has {files}");
     let out = bash(&format!("cp -r {TREE} tree && diff -r {TREE} tree && find tree -type f | wc -l"), &m.mountpoint);
-    assert!(out.status.success(), "copy/diff failed: {}{}\nlog:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), m.log_text());
+    assert!(
+        out.status.success(),
+        "copy/diff failed: {}{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.log_text()
+    );
     let copied: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     assert_eq!(copied, files);
 }

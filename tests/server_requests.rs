@@ -188,7 +188,9 @@ async fn write_then_read_back_through_the_protocol() {
 async fn readdirplus_lookup_counts_balance() {
     let s = ready().await;
     for i in 0..50 {
-        let r = call(&s, &client::create(70 + i, 1, &format!("file-with-a-longish-name-{i:03}"), 0o100644, 1)).await.unwrap();
+        let r = call(&s, &client::create(70 + i, 1, &format!("file-with-a-longish-name-{i:03}"), 0o100644, 1))
+            .await
+            .unwrap();
         let e: abi::fuse_entry_out = r.get().unwrap();
         let fh = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap().fh;
         assert_eq!(errno(&s, &client::release(200 + i, e.nodeid, fh)).await, 0);

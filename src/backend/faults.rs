@@ -48,16 +48,9 @@ impl fmt::Debug for FaultState {
 
 impl FaultState {
     pub(super) fn new(rate: f64, temporary: bool) -> Arc<FaultState> {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x5eed);
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0x5eed);
         Arc::new(FaultState {
-            rate: if rate.is_finite() {
-                rate.clamp(0.0, 1.0)
-            } else {
-                0.0
-            },
+            rate: if rate.is_finite() { rate.clamp(0.0, 1.0) } else { 0.0 },
             temporary,
             rng: AtomicU64::new(seed),
             injected: AtomicU64::new(0),
@@ -71,10 +64,7 @@ impl FaultState {
 
     /// A uniform sample in [0, 1) (SplitMix64).
     fn sample(&self) -> f64 {
-        let mut z = self
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -90,11 +80,7 @@ impl FaultState {
         let e = if self.temporary {
             Error::new(ErrorKind::Unexpected, "injected fault (inject_error_rate)").set_temporary()
         } else {
-            Error::new(
-                ErrorKind::Unexpected,
-                "injected fault (inject_error_rate_final)",
-            )
-            .set_persistent()
+            Error::new(ErrorKind::Unexpected, "injected fault (inject_error_rate_final)").set_persistent()
         };
         Err(e.with_operation(what))
     }
@@ -114,10 +100,7 @@ impl FaultLayer {
 
 impl Layer for FaultLayer {
     fn apply_service(&self, inner: Servicer) -> Servicer {
-        Arc::new(FaultService {
-            inner,
-            state: self.state.clone(),
-        })
+        Arc::new(FaultService { inner, state: self.state.clone() })
     }
 }
 
@@ -135,10 +118,7 @@ struct Faulty<T> {
 
 impl<T> Faulty<T> {
     fn new(inner: T, state: &Arc<FaultState>) -> Faulty<T> {
-        Faulty {
-            inner,
-            state: state.clone(),
-        }
+        Faulty { inner, state: state.clone() }
     }
 }
 
@@ -162,12 +142,7 @@ impl Service for FaultService {
         self.inner.compose(ctx, to, args)
     }
 
-    async fn create_dir(
-        &self,
-        ctx: &OperationContext,
-        path: &str,
-        args: OpCreateDir,
-    ) -> Result<RpCreateDir> {
+    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
         self.state.roll("create_dir")?;
         self.inner.create_dir(ctx, path, args).await
     }
@@ -178,65 +153,35 @@ impl Service for FaultService {
     }
 
     fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
-        self.inner
-            .read(ctx, path, args)
-            .map(|r| Faulty::new(r, &self.state))
+        self.inner.read(ctx, path, args).map(|r| Faulty::new(r, &self.state))
     }
 
     fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-        self.inner
-            .write(ctx, path, args)
-            .map(|w| Faulty::new(w, &self.state))
+        self.inner.write(ctx, path, args).map(|w| Faulty::new(w, &self.state))
     }
 
-    fn copy(
-        &self,
-        ctx: &OperationContext,
-        from: &str,
-        to: &str,
-        args: OpCopy,
-    ) -> Result<Self::Copier> {
-        self.inner
-            .copy(ctx, from, to, args)
-            .map(|c| Faulty::new(c, &self.state))
+    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
+        self.inner.copy(ctx, from, to, args).map(|c| Faulty::new(c, &self.state))
     }
 
     fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
-        self.inner
-            .list(ctx, path, args)
-            .map(|l| Faulty::new(l, &self.state))
+        self.inner.list(ctx, path, args).map(|l| Faulty::new(l, &self.state))
     }
 
     fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
         self.inner.delete(ctx).map(|d| Faulty::new(d, &self.state))
     }
 
-    async fn rename(
-        &self,
-        ctx: &OperationContext,
-        from: &str,
-        to: &str,
-        args: OpRename,
-    ) -> Result<RpRename> {
+    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
         self.state.roll("rename")?;
         self.inner.rename(ctx, from, to, args).await
     }
 
-    async fn restore(
-        &self,
-        ctx: &OperationContext,
-        path: &str,
-        args: OpRestore,
-    ) -> Result<RpRestore> {
+    async fn restore(&self, ctx: &OperationContext, path: &str, args: OpRestore) -> Result<RpRestore> {
         self.inner.restore(ctx, path, args).await
     }
 
-    async fn presign(
-        &self,
-        ctx: &OperationContext,
-        path: &str,
-        args: OpPresign,
-    ) -> Result<RpPresign> {
+    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
         self.inner.presign(ctx, path, args).await
     }
 }

@@ -104,10 +104,7 @@ impl PosixMeta {
             v.push(("gid".to_string(), g.to_string()));
         }
         if let Some(t) = self.mtime {
-            let secs = t
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             v.push(("mtime".to_string(), secs.to_string()));
         }
         v
@@ -139,10 +136,7 @@ const XATTR_USER_PREFIX: &str = "user.";
 /// Missing, unreadable or unsupported xattrs read as absent.
 fn read_posix_xattrs(path: &Path) -> PosixMeta {
     PosixMeta::from_lookup(|k| {
-        xattr::get(path, format!("{XATTR_USER_PREFIX}{k}"))
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
+        xattr::get(path, format!("{XATTR_USER_PREFIX}{k}")).ok().flatten().and_then(|v| String::from_utf8(v).ok())
     })
 }
 
@@ -208,23 +202,13 @@ pub struct Meta {
 
 impl Meta {
     fn dir() -> Meta {
-        Meta {
-            kind: EntryKind::Dir,
-            size: 0,
-            mtime: None,
-            etag: None,
-            posix: PosixMeta::default(),
-        }
+        Meta { kind: EntryKind::Dir, size: 0, mtime: None, etag: None, posix: PosixMeta::default() }
     }
 
     fn from_od(md: &opendal::Metadata, kind: EntryKind) -> Meta {
         Meta {
             kind,
-            size: if kind == EntryKind::File {
-                md.content_length()
-            } else {
-                0
-            },
+            size: if kind == EntryKind::File { md.content_length() } else { 0 },
             mtime: md.last_modified().map(SystemTime::from),
             etag: md.etag().map(str::to_string),
             posix: PosixMeta::from_metadata(md),
@@ -297,11 +281,7 @@ impl Error {
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Error {
         let msg: String = msg.into();
         let msg = if msg.contains(['\n', '\r']) {
-            msg.split(['\n', '\r'])
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ")
+            msg.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
         } else {
             msg
         };
@@ -380,17 +360,8 @@ fn io_kind(e: &opendal::Error) -> Option<ErrorKind> {
 }
 
 /// Services known to have real directories.
-const NATIVE_DIR_SCHEMES: &[&str] = &[
-    "fs",
-    "hdfs",
-    "hdfs-native",
-    "sftp",
-    "webdav",
-    "ftp",
-    "azdls",
-    "compfs",
-    "monoiofs",
-];
+const NATIVE_DIR_SCHEMES: &[&str] =
+    &["fs", "hdfs", "hdfs-native", "sftp", "webdav", "ftp", "azdls", "compfs", "monoiofs"];
 
 /// Services compiled in with strict option checking. To add a service:
 /// enable its `services-*` feature in Cargo.toml and add a line here.
@@ -402,16 +373,8 @@ struct ServiceDef {
 }
 
 const SERVICES: &[ServiceDef] = &[
-    ServiceDef {
-        scheme: "memory",
-        required: &[],
-        build: build_typed::<opendal::services::MemoryConfig>,
-    },
-    ServiceDef {
-        scheme: "fs",
-        required: &[&["root"]],
-        build: build_typed::<opendal::services::FsConfig>,
-    },
+    ServiceDef { scheme: "memory", required: &[], build: build_typed::<opendal::services::MemoryConfig> },
+    ServiceDef { scheme: "fs", required: &[&["root"]], build: build_typed::<opendal::services::FsConfig> },
     ServiceDef {
         scheme: "s3",
         required: &[&["bucket", "aws_bucket", "aws_bucket_name", "bucket_name"]],
@@ -427,9 +390,7 @@ enum BuildError {
     OpenDal(opendal::Error),
 }
 
-fn build_typed<C: Configurator>(
-    opts: &[(String, String)],
-) -> std::result::Result<Operator, BuildError> {
+fn build_typed<C: Configurator>(opts: &[(String, String)]) -> std::result::Result<Operator, BuildError> {
     let (cfg, ignored) = strict::deserialize_strict::<C>(opts);
     if !ignored.is_empty() {
         return Err(BuildError::UnknownKeys(ignored));
@@ -546,10 +507,7 @@ const TMP_PREFIX: &str = ".ovfs-tmp~";
 /// A fresh temporary sibling of `path` (same directory, short fixed-size name).
 fn tmp_sibling(path: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     match path.rsplit_once('/') {
@@ -613,18 +571,12 @@ fn dir_key(path: &str) -> String {
 
 fn check_path(path: &str, allow_root: bool) -> Result<()> {
     if path.is_empty() {
-        return if allow_root {
-            Ok(())
-        } else {
-            Err(invalid("the root is not a valid target for this operation"))
-        };
+        return if allow_root { Ok(()) } else { Err(invalid("the root is not a valid target for this operation")) };
     }
     let bad = path.starts_with('/')
         || path.ends_with('/')
         || path.contains('\0')
-        || path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(invalid(format!("invalid path {path:?}")));
     }
@@ -638,25 +590,17 @@ impl Backend {
     pub fn build(storage: &StorageSettings, settings: &BackendSettings) -> Result<Backend> {
         opendal::init_default_registry();
         let scheme = storage.service.trim().to_ascii_lowercase();
-        let secrets: Vec<String> = storage
-            .options
-            .iter()
-            .filter(|(k, v)| is_secret_key(k) && !v.is_empty())
-            .map(|(_, v)| v.clone())
-            .collect();
+        let secrets: Vec<String> =
+            storage.options.iter().filter(|(k, v)| is_secret_key(k) && !v.is_empty()).map(|(_, v)| v.clone()).collect();
         let redact = |m: String| redact_with(&secrets, m);
-        let opts: Vec<(String, String)> = storage
-            .options
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let opts: Vec<(String, String)> = storage.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
 
         let op = match SERVICES.iter().find(|d| d.scheme == scheme) {
             Some(def) => {
                 for alts in def.required {
-                    let present = opts.iter().any(|(k, v)| {
-                        alts.iter().any(|a| k.eq_ignore_ascii_case(a)) && !v.trim().is_empty()
-                    });
+                    let present = opts
+                        .iter()
+                        .any(|(k, v)| alts.iter().any(|a| k.eq_ignore_ascii_case(a)) && !v.trim().is_empty());
                     if !present {
                         return Err(invalid(format!("{scheme} requires `{}`", alts[0])));
                     }
@@ -676,17 +620,12 @@ impl Backend {
                             .map(|k| format!("`{k}`"))
                             .collect();
                         let noun = if keys.len() == 1 { "key" } else { "keys" };
-                        return Err(invalid(format!(
-                            "unknown {noun} {} for {scheme}",
-                            keys.join(", ")
-                        )));
+                        return Err(invalid(format!("unknown {noun} {} for {scheme}", keys.join(", "))));
                     }
                     Err(BuildError::Invalid(m)) => {
                         return Err(invalid(redact(format!("{scheme}: invalid option: {m}"))))
                     }
-                    Err(BuildError::OpenDal(e)) => {
-                        return Err(invalid(redact(format!("{scheme}: {}", describe(&e)))))
-                    }
+                    Err(BuildError::OpenDal(e)) => return Err(invalid(redact(format!("{scheme}: {}", describe(&e))))),
                 }
             }
             None => {
@@ -705,42 +644,26 @@ impl Backend {
                     scheme = %scheme,
                     "storage options for this service are not checked for unknown keys"
                 );
-                Operator::via_iter(&scheme, opts)
-                    .map_err(|e| invalid(redact(format!("{scheme}: {}", describe(&e)))))?
+                Operator::via_iter(&scheme, opts).map_err(|e| invalid(redact(format!("{scheme}: {}", describe(&e)))))?
             }
         };
 
         let max_delay = settings.retry_max_delay.max(settings.retry_min_delay);
-        let io_timeout = if settings.io_timeout.is_zero() {
-            Duration::from_secs(30)
-        } else {
-            settings.io_timeout
-        };
-        let timeout = if settings.timeout.is_zero() {
-            Duration::from_secs(60)
-        } else {
-            settings.timeout
-        };
+        let io_timeout = if settings.io_timeout.is_zero() { Duration::from_secs(30) } else { settings.io_timeout };
+        let timeout = if settings.timeout.is_zero() { Duration::from_secs(60) } else { settings.timeout };
         // The fs root as the service resolved it (canonical), before layering.
         let fs_root = (scheme == "fs").then(|| PathBuf::from(op.info().root()));
         // Innermost first: concurrency limit, per-attempt timeout, injected
         // temporary faults (test only), retry, injected final faults (test
         // only). The whole-operation bound (`timeout`) is applied around each
         // call.
-        let faults_retried = (settings.inject_error_rate > 0.0)
-            .then(|| FaultState::new(settings.inject_error_rate, true));
-        let faults_final = (settings.inject_error_rate_final > 0.0)
-            .then(|| FaultState::new(settings.inject_error_rate_final, false));
+        let faults_retried =
+            (settings.inject_error_rate > 0.0).then(|| FaultState::new(settings.inject_error_rate, true));
+        let faults_final =
+            (settings.inject_error_rate_final > 0.0).then(|| FaultState::new(settings.inject_error_rate_final, false));
         let mut op = op
-            .layer(
-                ConcurrentLimitLayer::new(OP_CONCURRENCY)
-                    .with_http_concurrent_limit(HTTP_CONCURRENCY),
-            )
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(io_timeout.min(timeout))
-                    .with_io_timeout(io_timeout),
-            );
+            .layer(ConcurrentLimitLayer::new(OP_CONCURRENCY).with_http_concurrent_limit(HTTP_CONCURRENCY))
+            .layer(TimeoutLayer::new().with_timeout(io_timeout.min(timeout)).with_io_timeout(io_timeout));
         if let Some(f) = &faults_retried {
             op = op.layer(FaultLayer::new(f.clone()));
         }
@@ -754,8 +677,7 @@ impl Backend {
         if let Some(f) = &faults_final {
             op = op.layer(FaultLayer::new(f.clone()));
         }
-        if faults_retried.is_some() || faults_final.is_some() || !settings.inject_latency.is_zero()
-        {
+        if faults_retried.is_some() || faults_final.is_some() || !settings.inject_latency.is_zero() {
             tracing::warn!(
                 scheme = %scheme,
                 latency = ?settings.inject_latency,
@@ -768,12 +690,8 @@ impl Backend {
 
         let cap = op.info().capability();
         let native_dirs = NATIVE_DIR_SCHEMES.contains(&scheme.as_str());
-        let staged = scheme == "fs"
-            && cap.rename
-            && !storage
-                .options
-                .keys()
-                .any(|k| k.eq_ignore_ascii_case("atomic_write_dir"));
+        let staged =
+            scheme == "fs" && cap.rename && !storage.options.keys().any(|k| k.eq_ignore_ascii_case("atomic_write_dir"));
         let side = (scheme == "memory").then(SideTable::default);
         let caps = Caps {
             user_metadata: cap.write_with_user_metadata || side.is_some(),
@@ -799,10 +717,7 @@ impl Backend {
                 staged,
                 fs_root,
                 latency: settings.inject_latency,
-                latency_prefix: settings
-                    .inject_latency_paths
-                    .trim_start_matches('/')
-                    .to_string(),
+                latency_prefix: settings.inject_latency_paths.trim_start_matches('/').to_string(),
                 faults_retried,
                 faults_final,
                 side,
@@ -895,37 +810,19 @@ impl Backend {
 
     /// The local path of `path` on fs (`path` already checked).
     fn local_path(&self, path: &str) -> Option<PathBuf> {
-        self.inner.fs_root.as_ref().map(|root| {
-            if path.is_empty() {
-                root.clone()
-            } else {
-                root.join(path)
-            }
-        })
+        self.inner.fs_root.as_ref().map(|root| if path.is_empty() { root.clone() } else { root.join(path) })
     }
 
     /// Write `posix` as xattrs of the local file/dir `local` (fs), off the
     /// async threads.
-    async fn set_xattrs(
-        &self,
-        what: &str,
-        path: &str,
-        local: PathBuf,
-        posix: &PosixMeta,
-    ) -> Result<()> {
+    async fn set_xattrs(&self, what: &str, path: &str, local: PathBuf, posix: &PosixMeta) -> Result<()> {
         let posix = posix.clone();
         let r = tokio::task::spawn_blocking(move || write_posix_xattrs(&local, &posix)).await;
         let scheme = &self.inner.scheme;
         match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::new(
-                io_error_kind(&e),
-                format!("{scheme} {what} `{path}`: {e}"),
-            )),
-            Err(e) => Err(Error::new(
-                ErrorKind::Unexpected,
-                format!("{scheme} {what} `{path}`: {e}"),
-            )),
+            Ok(Err(e)) => Err(Error::new(io_error_kind(&e), format!("{scheme} {what} `{path}`: {e}"))),
+            Err(e) => Err(Error::new(ErrorKind::Unexpected, format!("{scheme} {what} `{path}`: {e}"))),
         }
     }
 
@@ -936,20 +833,12 @@ impl Backend {
     }
 
     /// Bound a whole operation (retries included) by the configured timeout.
-    async fn deadline<T>(
-        &self,
-        what: &str,
-        path: &str,
-        fut: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
+    async fn deadline<T>(&self, what: &str, path: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
-                format!(
-                    "{} {what} `{path}`: timed out after {:?}",
-                    self.inner.scheme, self.inner.timeout
-                ),
+                format!("{} {what} `{path}`: timed out after {:?}", self.inner.scheme, self.inner.timeout),
             )),
         }
     }
@@ -957,32 +846,20 @@ impl Backend {
     /// Capability check plus one cheap round trip (list the root, limit 1).
     pub async fn check(&self) -> Result<()> {
         let c = &self.inner.cap;
-        let missing: Vec<&str> = [
-            ("read", c.read),
-            ("write", c.write),
-            ("list", c.list),
-            ("delete", c.delete),
-            ("stat", c.stat),
-        ]
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
+        let missing: Vec<&str> =
+            [("read", c.read), ("write", c.write), ("list", c.list), ("delete", c.delete), ("stat", c.stat)]
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(n, _)| *n)
+                .collect();
         if !missing.is_empty() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!(
-                    "{} lacks required capabilities: {}",
-                    self.inner.scheme,
-                    missing.join(", ")
-                ),
+                format!("{} lacks required capabilities: {}", self.inner.scheme, missing.join(", ")),
             ));
         }
         self.deadline("check", "", async {
-            let opts = ListOptions {
-                limit: Some(1),
-                ..Default::default()
-            };
+            let opts = ListOptions { limit: Some(1), ..Default::default() };
             let first = match self.op().lister_options("/", opts).await {
                 Ok(mut l) => l.try_next().await.map(|_| ()),
                 Err(e) => Err(e),
@@ -997,10 +874,7 @@ impl Backend {
 
     /// First entry of a non-recursive listing of `key` (`dir/`), if any.
     async fn first_entry(&self, key: &str) -> opendal::Result<Option<opendal::Entry>> {
-        let opts = ListOptions {
-            limit: Some(1),
-            ..Default::default()
-        };
+        let opts = ListOptions { limit: Some(1), ..Default::default() };
         let mut lister = self.op().lister_options(key, opts).await?;
         lister.try_next().await
     }
@@ -1010,11 +884,7 @@ impl Backend {
             return Ok((Meta::dir(), None));
         }
         if self.inner.caps.native_dirs {
-            let md = self
-                .op()
-                .stat(path)
-                .await
-                .map_err(|e| self.err("stat", path, e))?;
+            let md = self.op().stat(path).await.map_err(|e| self.err("stat", path, e))?;
             return Ok(if md.is_dir() {
                 (Meta::from_od(&md, EntryKind::Dir), None)
             } else {
@@ -1080,16 +950,9 @@ impl Backend {
             self.inject_delay(&[dir]).await;
             let _gate = self.side_shared().await;
             let mut out: BTreeMap<String, Entry> = BTreeMap::new();
-            let mut lister = self
-                .op()
-                .lister_options(&key, ListOptions::default())
-                .await
-                .map_err(|e| self.err("list", &key, e))?;
-            while let Some(entry) = lister
-                .try_next()
-                .await
-                .map_err(|e| self.err("list", &key, e))?
-            {
+            let mut lister =
+                self.op().lister_options(&key, ListOptions::default()).await.map_err(|e| self.err("list", &key, e))?;
+            while let Some(entry) = lister.try_next().await.map_err(|e| self.err("list", &key, e))? {
                 let Some(rel) = entry.path().strip_prefix(prefix) else {
                     continue;
                 };
@@ -1116,13 +979,7 @@ impl Backend {
                 match out.get(name) {
                     Some(existing) if existing.meta.kind == EntryKind::Dir => {}
                     _ => {
-                        out.insert(
-                            name.to_string(),
-                            Entry {
-                                name: name.to_string(),
-                                meta,
-                            },
-                        );
+                        out.insert(name.to_string(), Entry { name: name.to_string(), meta });
                     }
                 }
             }
@@ -1154,10 +1011,7 @@ impl Backend {
         let end = offset.saturating_add(len).min(MAX_SANE_OFFSET);
         self.deadline("read", path, async {
             self.inject_delay(&[path]).await;
-            let opts = ReadOptions {
-                range: (offset..end).into(),
-                ..Default::default()
-            };
+            let opts = ReadOptions { range: (offset..end).into(), ..Default::default() };
             // Offsets beyond i64::MAX are past any real EOF (and make pread
             // fail with EINVAL): go straight to the size check.
             if offset < MAX_SANE_OFFSET {
@@ -1168,11 +1022,7 @@ impl Backend {
                 }
             }
             // The range crosses EOF: clamp to the current size and retry.
-            let md = self
-                .op()
-                .stat(path)
-                .await
-                .map_err(|e| self.err("stat", path, e))?;
+            let md = self.op().stat(path).await.map_err(|e| self.err("stat", path, e))?;
             if md.is_dir() {
                 return Err(Error::new(
                     ErrorKind::IsDirectory,
@@ -1183,15 +1033,8 @@ impl Backend {
             if offset >= size {
                 return Ok(Bytes::new());
             }
-            let opts = ReadOptions {
-                range: (offset..end.min(size)).into(),
-                ..Default::default()
-            };
-            self.op()
-                .read_options(path, opts)
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| self.err("read", path, e))
+            let opts = ReadOptions { range: (offset..end.min(size)).into(), ..Default::default() };
+            self.op().read_options(path, opts).await.map(|b| b.to_bytes()).map_err(|e| self.err("read", path, e))
         })
         .await
     }
@@ -1214,10 +1057,7 @@ impl Backend {
         self.deadline("write", path, async {
             self.inject_delay(&[path]).await;
             if let Some(_gate) = self.side_excl().await {
-                self.op()
-                    .write_options(path, data, opts)
-                    .await
-                    .map_err(|e| self.err("write", path, e))?;
+                self.op().write_options(path, data, opts).await.map_err(|e| self.err("write", path, e))?;
                 self.side_put(path, posix);
                 return Ok(());
             }
@@ -1235,11 +1075,7 @@ impl Backend {
                     }
                 };
             }
-            self.op()
-                .write_options(path, data, opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.err("write", path, e))
+            self.op().write_options(path, data, opts).await.map(|_| ()).map_err(|e| self.err("write", path, e))
         })
         .await
     }
@@ -1267,19 +1103,10 @@ impl Backend {
         let w = self
             .deadline("writer", path, async {
                 self.inject_delay(&[path]).await;
-                self.op()
-                    .writer_options(key, opts)
-                    .await
-                    .map_err(|e| self.err("writer", path, e))
+                self.op().writer_options(key, opts).await.map_err(|e| self.err("writer", path, e))
             })
             .await?;
-        Ok(ObjectWriter {
-            inner: w,
-            path: path.to_string(),
-            staging,
-            posix: posix.clone(),
-            backend: self.clone(),
-        })
+        Ok(ObjectWriter { inner: w, path: path.to_string(), staging, posix: posix.clone(), backend: self.clone() })
     }
 
     /// Create a directory without POSIX attributes; see
@@ -1304,21 +1131,13 @@ impl Backend {
         self.deadline("create_dir", path, async {
             self.inject_delay(&[path]).await;
             if let Some(_gate) = self.side_excl().await {
-                self.op()
-                    .create_dir(&key)
-                    .await
-                    .map_err(|e| self.err("create_dir", &key, e))?;
+                self.op().create_dir(&key).await.map_err(|e| self.err("create_dir", &key, e))?;
                 self.side_put(&key, posix);
                 return Ok(());
             }
-            self.op()
-                .create_dir(&key)
-                .await
-                .map_err(|e| self.err("create_dir", &key, e))?;
+            self.op().create_dir(&key).await.map_err(|e| self.err("create_dir", &key, e))?;
             match self.local_path(path) {
-                Some(local) if !posix.is_empty() => {
-                    self.set_xattrs("create_dir", path, local, posix).await
-                }
+                Some(local) if !posix.is_empty() => self.set_xattrs("create_dir", path, local, posix).await,
                 _ => Ok(()),
             }
         })
@@ -1332,21 +1151,14 @@ impl Backend {
         self.deadline("delete_file", path, async {
             self.inject_delay(&[path]).await;
             let _gate = self.side_excl().await;
-            let md = self
-                .op()
-                .stat(path)
-                .await
-                .map_err(|e| self.err("stat", path, e))?;
+            let md = self.op().stat(path).await.map_err(|e| self.err("stat", path, e))?;
             if md.is_dir() {
                 return Err(Error::new(
                     ErrorKind::IsDirectory,
                     format!("{} delete `{path}`: is a directory", self.inner.scheme),
                 ));
             }
-            self.op()
-                .delete(path)
-                .await
-                .map_err(|e| self.err("delete", path, e))?;
+            self.op().delete(path).await.map_err(|e| self.err("delete", path, e))?;
             self.side_remove(path);
             Ok(())
         })
@@ -1363,11 +1175,7 @@ impl Backend {
             self.inject_delay(&[path]).await;
             let _gate = self.side_excl().await;
             if self.inner.caps.native_dirs {
-                let md = self
-                    .op()
-                    .stat(path)
-                    .await
-                    .map_err(|e| self.err("stat", path, e))?;
+                let md = self.op().stat(path).await.map_err(|e| self.err("stat", path, e))?;
                 if !md.is_dir() {
                     return Err(Error::new(
                         ErrorKind::NotDirectory,
@@ -1375,15 +1183,8 @@ impl Backend {
                     ));
                 }
             }
-            let opts = ListOptions {
-                limit: Some(2),
-                ..Default::default()
-            };
-            let mut lister = self
-                .op()
-                .lister_options(&key, opts)
-                .await
-                .map_err(|e| self.err("list", &key, e))?;
+            let opts = ListOptions { limit: Some(2), ..Default::default() };
+            let mut lister = self.op().lister_options(&key, opts).await.map_err(|e| self.err("list", &key, e))?;
             let mut marker = false;
             for _ in 0..2 {
                 match lister.try_next().await {
@@ -1401,10 +1202,7 @@ impl Backend {
             }
             drop(lister);
             if marker || self.inner.caps.native_dirs {
-                self.op()
-                    .delete(&key)
-                    .await
-                    .map_err(|e| self.err("delete", &key, e))?;
+                self.op().delete(&key).await.map_err(|e| self.err("delete", &key, e))?;
                 self.side_remove(&key);
                 return Ok(());
             }
@@ -1428,17 +1226,10 @@ impl Backend {
     pub async fn rename_file(&self, from: &str, to: &str, noreplace: bool) -> Result<()> {
         check_path(from, false)?;
         check_path(to, false)?;
-        let exists_err = || {
-            Error::new(
-                ErrorKind::AlreadyExists,
-                format!("{} rename to `{to}`: target exists", self.inner.scheme),
-            )
-        };
+        let exists_err =
+            || Error::new(ErrorKind::AlreadyExists, format!("{} rename to `{to}`: target exists", self.inner.scheme));
         let cond = |e: Error| {
-            if matches!(
-                e.kind,
-                ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
-            ) {
+            if matches!(e.kind, ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) {
                 exists_err()
             } else {
                 e
@@ -1465,13 +1256,8 @@ impl Backend {
                 if check_first(cap.rename_with_if_not_exists) && self.exists(to).await? {
                     return Err(exists_err());
                 }
-                let opts = RenameOptions {
-                    if_not_exists: noreplace && cap.rename_with_if_not_exists,
-                };
-                self.op()
-                    .rename_options(from, to, opts)
-                    .await
-                    .map_err(|e| cond(self.err("rename", from, e)))?;
+                let opts = RenameOptions { if_not_exists: noreplace && cap.rename_with_if_not_exists };
+                self.op().rename_options(from, to, opts).await.map_err(|e| cond(self.err("rename", from, e)))?;
                 self.side_copy(from, to);
                 self.side_remove(from);
                 return Ok(());
@@ -1481,60 +1267,37 @@ impl Backend {
                 if check_first(cap.copy_with_if_not_exists) && self.exists(to).await? {
                     return Err(exists_err());
                 }
-                let opts = CopyOptions {
-                    if_not_exists: noreplace && cap.copy_with_if_not_exists,
-                    ..Default::default()
-                };
-                self.op()
-                    .copy_options(from, to, opts)
-                    .await
-                    .map_err(|e| cond(self.err("copy", from, e)))?;
+                let opts =
+                    CopyOptions { if_not_exists: noreplace && cap.copy_with_if_not_exists, ..Default::default() };
+                self.op().copy_options(from, to, opts).await.map_err(|e| cond(self.err("copy", from, e)))?;
                 self.side_copy(from, to);
             } else {
                 if check_first(cap.write_with_if_not_exists) && self.exists(to).await? {
                     return Err(exists_err());
                 }
-                let md = self
-                    .op()
-                    .stat(from)
-                    .await
-                    .map_err(|e| self.err("stat", from, e))?;
+                let md = self.op().stat(from).await.map_err(|e| self.err("stat", from, e))?;
                 if md.is_dir() {
                     return Err(Error::new(
                         ErrorKind::IsDirectory,
                         format!("{} rename `{from}`: is a directory", self.inner.scheme),
                     ));
                 }
-                let data = self
-                    .op()
-                    .read(from)
-                    .await
-                    .map_err(|e| self.err("read", from, e))?;
-                let mut opts = WriteOptions {
-                    if_not_exists: noreplace && cap.write_with_if_not_exists,
-                    ..Default::default()
-                };
+                let data = self.op().read(from).await.map_err(|e| self.err("read", from, e))?;
+                let mut opts =
+                    WriteOptions { if_not_exists: noreplace && cap.write_with_if_not_exists, ..Default::default() };
                 if self.inner.cap.write_with_user_metadata {
                     if let Some(um) = md.user_metadata() {
-                        let m: HashMap<String, String> = um
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect();
+                        let m: HashMap<String, String> =
+                            um.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
                         if !m.is_empty() {
                             opts.user_metadata = Some(m);
                         }
                     }
                 }
-                self.op()
-                    .write_options(to, data, opts)
-                    .await
-                    .map_err(|e| cond(self.err("write", to, e)))?;
+                self.op().write_options(to, data, opts).await.map_err(|e| cond(self.err("write", to, e)))?;
                 self.side_copy(from, to);
             }
-            self.op()
-                .delete(from)
-                .await
-                .map_err(|e| self.err("delete", from, e))?;
+            self.op().delete(from).await.map_err(|e| self.err("delete", from, e))?;
             self.side_remove(from);
             Ok(())
         })
@@ -1569,10 +1332,7 @@ impl Backend {
                     self.inject_delay(&[path]).await;
                     // Through OpenDAL first: a precise NotFound, and the
                     // injected faults apply as to any other call.
-                    self.op()
-                        .stat(path)
-                        .await
-                        .map_err(|e| self.err("stat", path, e))?;
+                    self.op().stat(path).await.map_err(|e| self.err("stat", path, e))?;
                     if posix.is_empty() {
                         return Ok(());
                     }
@@ -1588,10 +1348,7 @@ impl Backend {
                     let (meta, _) = self.probe(path).await?;
                     let key = entry_key(path, meta.kind);
                     if meta.kind == EntryKind::Dir {
-                        self.op()
-                            .create_dir(&key)
-                            .await
-                            .map_err(|e| self.err("create_dir", &key, e))?;
+                        self.op().create_dir(&key).await.map_err(|e| self.err("create_dir", &key, e))?;
                     }
                     let mut p = side.get(&key);
                     merge_posix(&mut p, posix);
@@ -1612,25 +1369,15 @@ impl Backend {
             let Some(md) = md else {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
-                    format!(
-                        "{} set_posix `{path}`: not supported on directories",
-                        self.inner.scheme
-                    ),
+                    format!("{} set_posix `{path}`: not supported on directories", self.inner.scheme),
                 ));
             };
             let mut um: HashMap<String, String> = md
                 .user_metadata()
-                .map(|u| {
-                    u.into_iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect()
-                })
+                .map(|u| u.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
                 .unwrap_or_default();
             um.extend(posix.to_pairs());
-            let mut opts = WriteOptions {
-                user_metadata: Some(um),
-                ..Default::default()
-            };
+            let mut opts = WriteOptions { user_metadata: Some(um), ..Default::default() };
             if let Some(ct) = md.content_type() {
                 opts.content_type = Some(ct.to_string());
             }
@@ -1646,22 +1393,10 @@ impl Backend {
                     let _ = self.op().delete(&tmp).await;
                     return Err(e);
                 }
-                return self
-                    .op()
-                    .rename(&tmp, path)
-                    .await
-                    .map_err(|e| self.err("rename", &tmp, e));
+                return self.op().rename(&tmp, path).await.map_err(|e| self.err("rename", &tmp, e));
             }
-            let data = self
-                .op()
-                .read(path)
-                .await
-                .map_err(|e| self.err("read", path, e))?;
-            self.op()
-                .write_options(path, data, opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.err("write", path, e))
+            let data = self.op().read(path).await.map_err(|e| self.err("read", path, e))?;
+            self.op().write_options(path, data, opts).await.map(|_| ()).map_err(|e| self.err("write", path, e))
         })
         .await
     }
@@ -1669,11 +1404,7 @@ impl Backend {
     /// Write `to` with `opts` from the bytes `0..size` of `from`, through the
     /// writer's `copy_from` (native part copy on S3, streamed otherwise).
     async fn copy_into(&self, from: &str, to: &str, size: u64, opts: WriteOptions) -> Result<()> {
-        let mut w = self
-            .op()
-            .writer_options(to, opts)
-            .await
-            .map_err(|e| self.err("writer", to, e))?;
+        let mut w = self.op().writer_options(to, opts).await.map_err(|e| self.err("writer", to, e))?;
         let mut off = 0;
         while off < size {
             let end = (off + MAX_COPY_PART).min(size);
@@ -1700,19 +1431,10 @@ async fn fill_posix_from_xattrs(dir: PathBuf, mut entries: Vec<Entry>) -> Result
         return Ok(entries);
     }
     let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
-    let posix = tokio::task::spawn_blocking(move || {
-        names
-            .iter()
-            .map(|n| read_posix_xattrs(&dir.join(n)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| {
-        Error::new(
-            ErrorKind::Unexpected,
-            format!("fs list: reading xattrs: {e}"),
-        )
-    })?;
+    let posix =
+        tokio::task::spawn_blocking(move || names.iter().map(|n| read_posix_xattrs(&dir.join(n))).collect::<Vec<_>>())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("fs list: reading xattrs: {e}")))?;
     for (e, p) in entries.iter_mut().zip(posix) {
         e.meta.posix = p;
     }
@@ -1722,8 +1444,7 @@ async fn fill_posix_from_xattrs(dir: PathBuf, mut entries: Vec<Entry>) -> Result
 /// Whether a bounded read failed only because the range crosses EOF.
 fn is_short_read(e: &opendal::Error) -> bool {
     e.kind() == opendal::ErrorKind::RangeNotSatisfied
-        || (e.kind() == opendal::ErrorKind::Unexpected
-            && e.message().contains("reader got too little data"))
+        || (e.kind() == opendal::ErrorKind::Unexpected && e.message().contains("reader got too little data"))
 }
 
 /// A streaming upload; see [`Backend::writer`]. Dropping it without `close`
@@ -1741,9 +1462,7 @@ pub struct ObjectWriter {
 
 impl fmt::Debug for ObjectWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectWriter")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("ObjectWriter").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -1793,12 +1512,7 @@ impl ObjectWriter {
         if let Some(tmp) = self.staging.take() {
             // fs cannot abort in place; drop the writer and its file.
             drop(self.inner);
-            return self
-                .backend
-                .op()
-                .delete(&tmp)
-                .await
-                .map_err(|e| self.backend.err("abort", &self.path, e));
+            return self.backend.op().delete(&tmp).await.map_err(|e| self.backend.err("abort", &self.path, e));
         }
         let r = self.inner.abort().await;
         r.map_err(|e| self.backend.err("abort", &self.path, e))

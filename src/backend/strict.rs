@@ -20,27 +20,17 @@ use serde::Deserialize;
 
 /// Deserialize `T` from string options; returns the value (or the serde error
 /// message) and the list of keys `T` ignored, in input order.
-pub(super) fn deserialize_strict<T>(
-    options: &[(String, String)],
-) -> (std::result::Result<T, String>, Vec<String>)
+pub(super) fn deserialize_strict<T>(options: &[(String, String)]) -> (std::result::Result<T, String>, Vec<String>)
 where
     T: for<'de> Deserialize<'de>,
 {
     let map: HashMap<String, String> = options.iter().cloned().collect();
     let ignored = RefCell::new(Vec::new());
-    let res = T::deserialize(Track {
-        inner: ConfigDeserializer::new(map),
-        ignored: &ignored,
-    })
-    .map_err(|e| e.to_string());
+    let res =
+        T::deserialize(Track { inner: ConfigDeserializer::new(map), ignored: &ignored }).map_err(|e| e.to_string());
     let mut ignored = ignored.into_inner();
     // Report in the caller's order (the deserializer iterates a HashMap).
-    ignored.sort_by_key(|k| {
-        options
-            .iter()
-            .position(|(o, _)| o.eq_ignore_ascii_case(k))
-            .unwrap_or(usize::MAX)
-    });
+    ignored.sort_by_key(|k| options.iter().position(|(o, _)| o.eq_ignore_ascii_case(k)).unwrap_or(usize::MAX));
     (res, ignored)
 }
 
@@ -54,10 +44,7 @@ impl<'de, 'a, D: Deserializer<'de>> Deserializer<'de> for Track<'a, D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(TrackVisitor {
-            inner: visitor,
-            ignored: self.ignored,
-        })
+        self.inner.deserialize_any(TrackVisitor { inner: visitor, ignored: self.ignored })
     }
 
     serde::forward_to_deserialize_any! {
@@ -80,11 +67,7 @@ impl<'de, 'a, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'a, V> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        self.inner.visit_map(TrackMap {
-            inner: map,
-            ignored: self.ignored,
-            key: None,
-        })
+        self.inner.visit_map(TrackMap { inner: map, ignored: self.ignored, key: None })
     }
 }
 
@@ -97,25 +80,15 @@ struct TrackMap<'a, A> {
 impl<'de, 'a, A: MapAccess<'de>> MapAccess<'de> for TrackMap<'a, A> {
     type Error = A::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
         let mut captured = None;
-        let out = self.inner.next_key_seed(KeySeed {
-            inner: seed,
-            out: &mut captured,
-        })?;
+        let out = self.inner.next_key_seed(KeySeed { inner: seed, out: &mut captured })?;
         self.key = captured;
         Ok(out)
     }
 
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
-        self.inner.next_value_seed(ValueSeed {
-            inner: seed,
-            key: self.key.take(),
-            ignored: self.ignored,
-        })
+        self.inner.next_value_seed(ValueSeed { inner: seed, key: self.key.take(), ignored: self.ignored })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -133,10 +106,7 @@ impl<'de, 'o, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'o, S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-        self.inner.deserialize(KeyDe {
-            inner: d,
-            out: self.out,
-        })
+        self.inner.deserialize(KeyDe { inner: d, out: self.out })
     }
 }
 
@@ -149,10 +119,7 @@ impl<'de, 'o, D: Deserializer<'de>> Deserializer<'de> for KeyDe<'o, D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(KeyVisitor {
-            inner: visitor,
-            out: self.out,
-        })
+        self.inner.deserialize_any(KeyVisitor { inner: visitor, out: self.out })
     }
 
     serde::forward_to_deserialize_any! {
@@ -201,11 +168,7 @@ impl<'de, 'a, S: DeserializeSeed<'de>> DeserializeSeed<'de> for ValueSeed<'a, S>
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-        self.inner.deserialize(ValueDe {
-            inner: d,
-            key: self.key,
-            ignored: self.ignored,
-        })
+        self.inner.deserialize(ValueDe { inner: d, key: self.key, ignored: self.ignored })
     }
 }
 
@@ -262,27 +225,15 @@ impl<'de, 'a, D: Deserializer<'de>> Deserializer<'de> for ValueDe<'a, D> {
         self.inner.deserialize_ignored_any(visitor)
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, D::Error> {
         self.inner.deserialize_unit_struct(name, visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, D::Error> {
         self.inner.deserialize_newtype_struct(name, visitor)
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, D::Error> {
         self.inner.deserialize_tuple(len, visitor)
     }
 

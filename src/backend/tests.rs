@@ -16,10 +16,7 @@ fn settings() -> BackendSettings {
 fn storage(service: &str, opts: &[(&str, &str)]) -> StorageSettings {
     StorageSettings {
         service: service.to_string(),
-        options: opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
+        options: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
     }
 }
 
@@ -45,10 +42,7 @@ fn kind<T: fmt::Debug>(r: Result<T>) -> ErrorKind {
 }
 
 fn names(entries: &[Entry]) -> Vec<(String, EntryKind)> {
-    entries
-        .iter()
-        .map(|e| (e.name.clone(), e.meta.kind))
-        .collect()
+    entries.iter().map(|e| (e.name.clone(), e.meta.kind)).collect()
 }
 
 #[test]
@@ -57,12 +51,7 @@ fn build_errors() {
     assert_eq!(e.kind, ErrorKind::InvalidInput);
     assert!(e.message().contains("`nosuch`"), "{e}");
 
-    let opts = [
-        ("bucket", "b"),
-        ("region", "us-east-1"),
-        ("bukket", "x"),
-        ("secret_access_key", "adminsecret"),
-    ];
+    let opts = [("bucket", "b"), ("region", "us-east-1"), ("bukket", "x"), ("secret_access_key", "adminsecret")];
     let e = Backend::build(&storage("s3", &opts), &settings()).expect_err("unknown key");
     assert_eq!(e.message(), "unknown key `bukket` for s3");
 
@@ -156,10 +145,7 @@ fn posix_meta_encoding() {
     let pairs: BTreeMap<String, String> = p.to_pairs().into_iter().collect();
     assert_eq!(pairs.get("mode").map(String::as_str), Some("33188"));
     assert_eq!(pairs.get("mtime").map(String::as_str), Some("1700000000"));
-    assert_eq!(
-        parse_mtime("1700000000.5"),
-        Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
-    );
+    assert_eq!(parse_mtime("1700000000.5"), Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000)));
     assert_eq!(parse_mtime("x"), None);
     assert_eq!(parse_mtime("-1"), None);
 }
@@ -169,29 +155,16 @@ async fn suite(b: &Backend) {
     let p = PosixMeta::default();
     // Invalid paths.
     for bad in ["/a", "a/", "a//b", "..", "a/./b", "a\0b"] {
-        assert_eq!(
-            kind(b.lookup(bad).await),
-            ErrorKind::InvalidInput,
-            "{bad:?}"
-        );
+        assert_eq!(kind(b.lookup(bad).await), ErrorKind::InvalidInput, "{bad:?}");
     }
-    assert_eq!(
-        kind(b.write("", Bytes::new(), &p).await),
-        ErrorKind::InvalidInput
-    );
+    assert_eq!(kind(b.write("", Bytes::new(), &p).await), ErrorKind::InvalidInput);
 
     // Root, files, dirs, implied dirs, missing.
     assert_eq!(b.lookup("").await.expect("root").kind, EntryKind::Dir);
-    b.write("f", Bytes::from_static(b"hello"), &p)
-        .await
-        .expect("write f");
+    b.write("f", Bytes::from_static(b"hello"), &p).await.expect("write f");
     b.create_dir("d").await.expect("mkdir d");
-    b.write("i/x", Bytes::from_static(b"123"), &p)
-        .await
-        .expect("write i/x");
-    b.write("i/y/z", Bytes::from_static(b"1"), &p)
-        .await
-        .expect("write i/y/z");
+    b.write("i/x", Bytes::from_static(b"123"), &p).await.expect("write i/x");
+    b.write("i/y/z", Bytes::from_static(b"1"), &p).await.expect("write i/y/z");
     b.write("e", Bytes::new(), &p).await.expect("empty file");
     let f = b.lookup("f").await.expect("lookup f");
     assert_eq!((f.kind, f.size), (EntryKind::File, 5));
@@ -217,13 +190,7 @@ async fn suite(b: &Backend) {
     assert_eq!(fsize, Some(5));
     assert!(b.list("d").await.expect("list d").is_empty());
     let i = b.list("i").await.expect("list i");
-    assert_eq!(
-        names(&i),
-        vec![
-            ("x".to_string(), EntryKind::File),
-            ("y".to_string(), EntryKind::Dir)
-        ]
-    );
+    assert_eq!(names(&i), vec![("x".to_string(), EntryKind::File), ("y".to_string(), EntryKind::Dir)]);
     assert_eq!(i[0].meta.size, 3);
 
     // Reads, including past EOF.
@@ -241,15 +208,10 @@ async fn suite(b: &Backend) {
     // Streaming writer round trip and abort.
     let mut w = b.writer("w", &p).await.expect("writer");
     for part in [&b"ab"[..], b"", b"cd", b"e"] {
-        w.write(Bytes::copy_from_slice(part))
-            .await
-            .expect("w.write");
+        w.write(Bytes::copy_from_slice(part)).await.expect("w.write");
     }
     w.close().await.expect("close");
-    assert_eq!(
-        b.read("w", 0, 100).await.expect("read w"),
-        Bytes::from_static(b"abcde")
-    );
+    assert_eq!(b.read("w", 0, 100).await.expect("read w"), Bytes::from_static(b"abcde"));
     let w = b.writer("aborted", &p).await.expect("writer");
     w.abort().await.expect("abort");
     assert_eq!(kind(b.lookup("aborted").await), ErrorKind::NotFound);
@@ -280,34 +242,16 @@ async fn suite(b: &Backend) {
     b.rename_file("f", "g", false).await.expect("rename f g");
     assert_eq!(kind(b.lookup("f").await), ErrorKind::NotFound);
     assert_eq!(b.lookup("g").await.expect("g").size, 5);
-    b.write("h", Bytes::from_static(b"old"), &p)
-        .await
-        .expect("write h");
-    assert_eq!(
-        kind(b.rename_file("g", "h", true).await),
-        ErrorKind::AlreadyExists
-    );
+    b.write("h", Bytes::from_static(b"old"), &p).await.expect("write h");
+    assert_eq!(kind(b.rename_file("g", "h", true).await), ErrorKind::AlreadyExists);
     assert_eq!(b.lookup("g").await.expect("g still there").size, 5);
     b.rename_file("g", "h", false).await.expect("replace h");
-    assert_eq!(
-        b.read("h", 0, 10).await.expect("h"),
-        Bytes::from_static(b"hello")
-    );
-    b.rename_file("h", "sub/h2", true)
-        .await
-        .expect("rename into subdir");
+    assert_eq!(b.read("h", 0, 10).await.expect("h"), Bytes::from_static(b"hello"));
+    b.rename_file("h", "sub/h2", true).await.expect("rename into subdir");
     assert_eq!(b.lookup("sub/h2").await.expect("h2").size, 5);
-    b.rename_file("sub/h2", "sub/h2", false)
-        .await
-        .expect("rename onto itself");
-    assert_eq!(
-        kind(b.rename_file("sub/h2", "sub/h2", true).await),
-        ErrorKind::AlreadyExists
-    );
-    assert_eq!(
-        kind(b.rename_file("missing", "x", false).await),
-        ErrorKind::NotFound
-    );
+    b.rename_file("sub/h2", "sub/h2", false).await.expect("rename onto itself");
+    assert_eq!(kind(b.rename_file("sub/h2", "sub/h2", true).await), ErrorKind::AlreadyExists);
+    assert_eq!(kind(b.rename_file("missing", "x", false).await), ErrorKind::NotFound);
     b.delete_file("sub/h2").await.expect("rm h2");
     b.delete_file("h").await.err();
     assert_eq!(kind(b.delete_file("h").await), ErrorKind::NotFound);
@@ -330,40 +274,20 @@ async fn fs_suite() {
 async fn memory_dir_wins_and_dedup() {
     let b = memory();
     let p = PosixMeta::default();
-    b.write("a", Bytes::from_static(b"file"), &p)
-        .await
-        .expect("write a");
+    b.write("a", Bytes::from_static(b"file"), &p).await.expect("write a");
     b.create_dir("a").await.expect("mkdir a");
-    b.write("b", Bytes::from_static(b"file"), &p)
-        .await
-        .expect("write b");
-    b.write("b/c", Bytes::from_static(b"x"), &p)
-        .await
-        .expect("write b/c");
+    b.write("b", Bytes::from_static(b"file"), &p).await.expect("write b");
+    b.write("b/c", Bytes::from_static(b"x"), &p).await.expect("write b/c");
     assert_eq!(b.lookup("a").await.expect("a").kind, EntryKind::Dir);
     assert_eq!(b.lookup("b").await.expect("b").kind, EntryKind::Dir);
     let l = b.list("").await.expect("list");
-    assert_eq!(
-        names(&l),
-        vec![
-            ("a".to_string(), EntryKind::Dir),
-            ("b".to_string(), EntryKind::Dir)
-        ]
-    );
+    assert_eq!(names(&l), vec![("a".to_string(), EntryKind::Dir), ("b".to_string(), EntryKind::Dir)]);
     assert!(b.list("a").await.expect("list a").is_empty());
     // The file `a` and the directory `a` keep separate attributes (the
     // side table is keyed like the objects: `a` and `a/`).
-    let fp = PosixMeta {
-        mode: Some(0o100600),
-        ..Default::default()
-    };
-    let dp = PosixMeta {
-        mode: Some(0o040711),
-        ..Default::default()
-    };
-    b.write("a", Bytes::from_static(b"file"), &fp)
-        .await
-        .expect("rewrite a");
+    let fp = PosixMeta { mode: Some(0o100600), ..Default::default() };
+    let dp = PosixMeta { mode: Some(0o040711), ..Default::default() };
+    b.write("a", Bytes::from_static(b"file"), &fp).await.expect("rewrite a");
     b.set_posix("a", &dp).await.expect("set_posix dir a");
     assert_eq!(b.lookup("a").await.expect("a").posix, dp, "the dir wins");
     b.remove_dir("a").await.expect("rmdir a");
@@ -381,41 +305,23 @@ async fn fs_posix_metadata() {
         gid: Some(1001),
         mtime: Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
     };
-    b.write("p", Bytes::from_static(b"data"), &posix)
-        .await
-        .expect("write p");
+    b.write("p", Bytes::from_static(b"data"), &posix).await.expect("write p");
     let m = b.lookup("p").await.expect("lookup p");
     assert_eq!(m.posix, posix);
-    let newer = PosixMeta {
-        mode: Some(0o100600),
-        ..Default::default()
-    };
+    let newer = PosixMeta { mode: Some(0o100600), ..Default::default() };
     b.set_posix("p", &newer).await.expect("set_posix");
     let m = b.lookup("p").await.expect("lookup p");
     assert_eq!(m.posix.mode, Some(0o100600));
     assert_eq!(m.posix.uid, Some(1000), "unset fields are kept");
-    assert_eq!(
-        b.read("p", 0, 10).await.expect("read"),
-        Bytes::from_static(b"data")
-    );
-    let names: Vec<String> = b
-        .list("")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    assert_eq!(b.read("p", 0, 10).await.expect("read"), Bytes::from_static(b"data"));
+    let names: Vec<String> = b.list("").await.expect("list").into_iter().map(|e| e.name).collect();
     assert_eq!(names, vec!["p".to_string()], "no temporary file left");
     b.create_dir("dd").await.expect("mkdir");
-    b.set_posix("dd", &newer)
-        .await
-        .expect("set_posix on a directory");
+    b.set_posix("dd", &newer).await.expect("set_posix on a directory");
     let m = b.lookup("dd").await.expect("lookup dd");
     assert_eq!(m.posix.mode, Some(0o100600));
     // Writing a file onto a directory is refused with a precise kind.
-    let r = b
-        .write("dd", Bytes::from_static(b"x"), &PosixMeta::default())
-        .await;
+    let r = b.write("dd", Bytes::from_static(b"x"), &PosixMeta::default()).await;
     assert_ne!(kind(r), ErrorKind::NotFound);
 }
 
@@ -430,10 +336,7 @@ async fn s3_real_server() {
     let bucket = var("OVFS_TEST_S3_BUCKET", "test");
     let ak = var("OVFS_TEST_S3_ACCESS_KEY_ID", "");
     let sk = var("OVFS_TEST_S3_SECRET_ACCESS_KEY", "");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let root = format!("/ovfs-test-{nanos}/");
     let opts = [
         ("bucket", bucket.as_str()),
@@ -443,10 +346,7 @@ async fn s3_real_server() {
         ("secret_access_key", sk.as_str()),
         ("root", root.as_str()),
     ];
-    let opts_vec: Vec<(String, String)> = opts
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let opts_vec: Vec<(String, String)> = opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let b = Backend::build(&storage("s3", &opts), &settings()).expect("s3 backend");
     b.check().await.expect("reachable");
 
@@ -459,50 +359,27 @@ async fn s3_real_server() {
         gid: Some(1000),
         mtime: Some(UNIX_EPOCH + Duration::from_secs(1_650_000_000)),
     };
-    b.write("meta", Bytes::from_static(b"payload"), &posix)
-        .await
-        .expect("write meta");
+    b.write("meta", Bytes::from_static(b"payload"), &posix).await.expect("write meta");
     assert_eq!(b.lookup("meta").await.expect("meta").posix, posix);
-    let chmod = PosixMeta {
-        mode: Some(0o100600),
-        ..Default::default()
-    };
+    let chmod = PosixMeta { mode: Some(0o100600), ..Default::default() };
     b.set_posix("meta", &chmod).await.expect("set_posix small");
     let m = b.lookup("meta").await.expect("meta");
     assert_eq!(m.posix.mode, Some(0o100600));
     assert_eq!(m.posix.uid, Some(1000));
     assert_eq!(m.size, 7);
-    assert_eq!(
-        b.read("meta", 0, 100).await.expect("read meta"),
-        Bytes::from_static(b"payload")
-    );
+    assert_eq!(b.read("meta", 0, 100).await.expect("read meta"), Bytes::from_static(b"payload"));
     // Metadata survives a rename (server-side copy).
     b.rename_file("meta", "meta2", true).await.expect("rename");
-    assert_eq!(
-        b.lookup("meta2").await.expect("meta2").posix.mode,
-        Some(0o100600)
-    );
+    assert_eq!(b.lookup("meta2").await.expect("meta2").posix.mode, Some(0o100600));
 
     // Markers and implied directories.
     b.create_dir("mk").await.expect("mkdir");
-    b.write(
-        "imp/deep/x",
-        Bytes::from_static(b"x"),
-        &PosixMeta::default(),
-    )
-    .await
-    .expect("write");
+    b.write("imp/deep/x", Bytes::from_static(b"x"), &PosixMeta::default()).await.expect("write");
     assert_eq!(b.lookup("mk").await.expect("mk").kind, EntryKind::Dir);
     assert_eq!(b.lookup("imp").await.expect("imp").kind, EntryKind::Dir);
-    assert_eq!(
-        b.lookup("imp/deep").await.expect("deep").kind,
-        EntryKind::Dir
-    );
+    assert_eq!(b.lookup("imp/deep").await.expect("deep").kind, EntryKind::Dir);
     let l = b.list("").await.expect("list");
-    let l: Vec<_> = names(&l)
-        .into_iter()
-        .filter(|(n, _)| ["imp", "meta2", "mk"].contains(&n.as_str()))
-        .collect();
+    let l: Vec<_> = names(&l).into_iter().filter(|(n, _)| ["imp", "meta2", "mk"].contains(&n.as_str())).collect();
     assert_eq!(
         l,
         vec![
@@ -518,13 +395,8 @@ async fn s3_real_server() {
 
     // Directory wins over a same-name file, where the server can hold both
     // keys (AWS, MinIO can; SeaweedFS replaces one with the other).
-    let both = b
-        .write("dw", Bytes::from_static(b"f"), &PosixMeta::default())
-        .await
-        .is_ok()
-        && b.write("dw/x", Bytes::from_static(b"x"), &PosixMeta::default())
-            .await
-            .is_ok()
+    let both = b.write("dw", Bytes::from_static(b"f"), &PosixMeta::default()).await.is_ok()
+        && b.write("dw/x", Bytes::from_static(b"x"), &PosixMeta::default()).await.is_ok()
         && b.inner.op.stat("dw").await.is_ok();
     if both {
         assert_eq!(b.lookup("dw").await.expect("dw").kind, EntryKind::Dir);
@@ -540,23 +412,14 @@ async fn s3_real_server() {
     let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
     let mut w = b.writer("big", &posix).await.expect("writer");
     for chunk in data.chunks(MIB) {
-        w.write(Bytes::copy_from_slice(chunk))
-            .await
-            .expect("write chunk");
+        w.write(Bytes::copy_from_slice(chunk)).await.expect("write chunk");
     }
-    assert_eq!(
-        kind(b.lookup("big").await),
-        ErrorKind::NotFound,
-        "invisible before close"
-    );
+    assert_eq!(kind(b.lookup("big").await), ErrorKind::NotFound, "invisible before close");
     w.close().await.expect("complete");
     let m = b.lookup("big").await.expect("big");
     assert_eq!(m.size, total as u64);
     assert_eq!(m.posix.uid, Some(1000));
-    let tail = b
-        .read("big", (total - 200) as u64, 1000)
-        .await
-        .expect("tail");
+    let tail = b.read("big", (total - 200) as u64, 1000).await.expect("tail");
     assert_eq!(&tail[..], &data[total - 200..]);
     // Server-side metadata rewrite of the big object.
     b.set_posix("big", &chmod).await.expect("set_posix big");
@@ -568,10 +431,7 @@ async fn s3_real_server() {
     // Clean up the test prefix (bottom-up, so that servers which keep
     // emptied folders, like SeaweedFS, are left clean too).
     purge(&b, "").await;
-    let opts = opendal::options::DeleteOptions {
-        recursive: true,
-        ..Default::default()
-    };
+    let opts = opendal::options::DeleteOptions { recursive: true, ..Default::default() };
     let _ = b.inner.op.delete_options("/", opts).await;
     assert!(b.list("").await.expect("list").is_empty(), "prefix purged");
     let top = opts_root_free(&opts_vec);
@@ -580,20 +440,13 @@ async fn s3_real_server() {
 }
 
 fn opts_root_free(opts: &[(String, String)]) -> StorageSettings {
-    StorageSettings {
-        service: "s3".to_string(),
-        options: opts.iter().filter(|(k, _)| k != "root").cloned().collect(),
-    }
+    StorageSettings { service: "s3".to_string(), options: opts.iter().filter(|(k, _)| k != "root").cloned().collect() }
 }
 
 fn purge<'a>(b: &'a Backend, dir: &'a str) -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>> {
     Box::pin(async move {
         for e in b.list(dir).await.unwrap_or_default() {
-            let p = if dir.is_empty() {
-                e.name.clone()
-            } else {
-                format!("{dir}/{}", e.name)
-            };
+            let p = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
             match e.meta.kind {
                 EntryKind::File => {
                     let _ = b.delete_file(&p).await;
@@ -633,11 +486,7 @@ async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
 async fn latency_applies_only_to_matching_paths() {
     let lat = Duration::from_millis(200);
     let fast = Duration::from_millis(100);
-    let s = BackendSettings {
-        inject_latency: lat,
-        inject_latency_paths: "slow".to_string(),
-        ..settings()
-    };
+    let s = BackendSettings { inject_latency: lat, inject_latency_paths: "slow".to_string(), ..settings() };
     let b = memory_with(&s);
     let p = PosixMeta::default();
     let (r, t) = timed(b.write("slow/a", Bytes::from_static(b"x"), &p)).await;
@@ -691,10 +540,7 @@ async fn latency_applies_only_to_matching_paths() {
     assert!(t >= lat, "{t:?}");
 
     // Empty prefix: every call is delayed; a leading `/` is ignored.
-    let all = BackendSettings {
-        inject_latency: Duration::from_millis(100),
-        ..settings()
-    };
+    let all = BackendSettings { inject_latency: Duration::from_millis(100), ..settings() };
     let b = memory_with(&all);
     let (r, t) = timed(b.create_dir("x")).await;
     r.expect("mkdir");
@@ -715,21 +561,15 @@ async fn latency_applies_only_to_matching_paths() {
 
 #[tokio::test]
 async fn latency_counts_against_the_timeout() {
-    let s = BackendSettings {
-        inject_latency: Duration::from_secs(10),
-        timeout: Duration::from_millis(100),
-        ..settings()
-    };
+    let s =
+        BackendSettings { inject_latency: Duration::from_secs(10), timeout: Duration::from_millis(100), ..settings() };
     let b = memory_with(&s);
     assert_eq!(kind(b.lookup("a").await), ErrorKind::Timeout);
 }
 
 #[tokio::test]
 async fn final_error_rate_one_fails_every_call() {
-    let s = BackendSettings {
-        inject_error_rate_final: 1.0,
-        ..settings()
-    };
+    let s = BackendSettings { inject_error_rate_final: 1.0, ..settings() };
     for b in [memory_with(&s)] {
         let p = PosixMeta::default();
         let check = |r: Result<()>, what: &str| match r {
@@ -755,10 +595,7 @@ async fn final_error_rate_one_fails_every_call() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = fs_with(&dir, &s);
     assert_eq!(kind(b.lookup("x").await), ErrorKind::Unexpected);
-    assert_eq!(
-        kind(b.set_posix("x", &PosixMeta::default()).await),
-        ErrorKind::Unexpected
-    );
+    assert_eq!(kind(b.set_posix("x", &PosixMeta::default()).await), ErrorKind::Unexpected);
     // Off by default: nothing is injected.
     assert_eq!(memory().injected_faults(), (0, 0));
 }
@@ -822,9 +659,7 @@ fn xattr_tempdir() -> tempfile::TempDir {
 
 fn inode(dir: &tempfile::TempDir, path: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir.path().join("root").join(path))
-        .expect("local metadata")
-        .ino()
+    std::fs::metadata(dir.path().join("root").join(path)).expect("local metadata").ino()
 }
 
 #[tokio::test]
@@ -843,32 +678,21 @@ async fn fs_listing_and_dirs_carry_posix() {
         gid: Some(2001),
         mtime: Some(UNIX_EPOCH + Duration::from_secs(1_650_000_000)),
     };
-    b.write("d/f", Bytes::from_static(b"data"), &fp)
-        .await
-        .expect("write d/f");
-    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default())
-        .await
-        .expect("write plain");
+    b.write("d/f", Bytes::from_static(b"data"), &fp).await.expect("write d/f");
+    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default()).await.expect("write plain");
     b.create_dir_with("sub", &dp).await.expect("mkdir sub");
     b.create_dir("bare").await.expect("mkdir bare");
 
     // lookup of a directory returns its xattrs.
     assert_eq!(b.lookup("sub").await.expect("sub").posix, dp);
-    assert_eq!(
-        b.lookup("bare").await.expect("bare").posix,
-        PosixMeta::default()
-    );
+    assert_eq!(b.lookup("bare").await.expect("bare").posix, PosixMeta::default());
 
     // list fills posix exactly as lookup does, files and directories.
     for d in ["", "d"] {
         let entries = b.list(d).await.expect("list");
         assert!(!entries.is_empty());
         for e in &entries {
-            let path = if d.is_empty() {
-                e.name.clone()
-            } else {
-                format!("{d}/{}", e.name)
-            };
+            let path = if d.is_empty() { e.name.clone() } else { format!("{d}/{}", e.name) };
             let looked = b.lookup(&path).await.expect("lookup");
             assert_eq!(e.meta.posix, looked.posix, "{path}");
             assert_eq!(e.meta.kind, looked.kind, "{path}");
@@ -883,35 +707,22 @@ async fn fs_listing_and_dirs_carry_posix() {
     // set_posix on a file: in place (same inode), content untouched, unset
     // fields kept.
     let ino = inode(&dir, "d/f");
-    let chmod = PosixMeta {
-        mode: Some(0o100600),
-        ..Default::default()
-    };
+    let chmod = PosixMeta { mode: Some(0o100600), ..Default::default() };
     b.set_posix("d/f", &chmod).await.expect("set_posix file");
     assert_eq!(inode(&dir, "d/f"), ino, "no rewrite of the file");
     let m = b.lookup("d/f").await.expect("lookup d/f");
     assert_eq!(m.posix.mode, Some(0o100600));
     assert_eq!(m.posix.uid, Some(1000));
     assert_eq!(m.size, 4);
-    assert_eq!(
-        b.read("d/f", 0, 10).await.expect("read"),
-        Bytes::from_static(b"data")
-    );
+    assert_eq!(b.read("d/f", 0, 10).await.expect("read"), Bytes::from_static(b"data"));
     let d = b.list("d").await.expect("list d");
     assert_eq!(d[0].meta.posix, m.posix, "listing sees the update");
 
     // set_posix on a directory, including one made without attributes.
-    let chown = PosixMeta {
-        uid: Some(7),
-        gid: Some(8),
-        ..Default::default()
-    };
+    let chown = PosixMeta { uid: Some(7), gid: Some(8), ..Default::default() };
     b.set_posix("bare", &chown).await.expect("set_posix dir");
     let m = b.lookup("bare").await.expect("bare");
-    assert_eq!(
-        (m.posix.uid, m.posix.gid, m.posix.mode),
-        (Some(7), Some(8), None)
-    );
+    assert_eq!((m.posix.uid, m.posix.gid, m.posix.mode), (Some(7), Some(8), None));
     let root = b.list("").await.expect("list root");
     let bare = root.iter().find(|e| e.name == "bare").expect("bare listed");
     assert_eq!(bare.meta.posix, m.posix);
@@ -919,18 +730,9 @@ async fn fs_listing_and_dirs_carry_posix() {
     // Missing targets and the root.
     assert_eq!(kind(b.set_posix("nope", &chown).await), ErrorKind::NotFound);
     assert_eq!(kind(b.set_posix("", &chown).await), ErrorKind::InvalidInput);
-    assert_eq!(
-        kind(b.create_dir_with("", &dp).await),
-        ErrorKind::InvalidInput
-    );
+    assert_eq!(kind(b.create_dir_with("", &dp).await), ErrorKind::InvalidInput);
     // No temporary files anywhere.
-    let names: Vec<String> = b
-        .list("")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let names: Vec<String> = b.list("").await.expect("list").into_iter().map(|e| e.name).collect();
     assert_eq!(names, vec!["bare", "d", "plain", "sub"]);
 }
 
@@ -958,35 +760,22 @@ async fn memory_create_dir_with_stores_posix() {
     // Was `memory_create_dir_with_stores_nothing`: memory now keeps
     // directory attributes in the side table, like fs keeps them in xattrs.
     let b = memory();
-    let dp = PosixMeta {
-        mode: Some(0o040700),
-        uid: Some(5),
-        ..Default::default()
-    };
+    let dp = PosixMeta { mode: Some(0o040700), uid: Some(5), ..Default::default() };
     b.create_dir_with("d", &dp).await.expect("mkdir");
     let m = b.lookup("d").await.expect("lookup d");
     assert_eq!((m.kind, &m.posix), (EntryKind::Dir, &dp));
     assert_eq!(listed_posix(&b, "", "d").await, dp);
     // A directory made without attributes has none.
     b.create_dir("bare").await.expect("mkdir bare");
-    assert_eq!(
-        b.lookup("bare").await.expect("bare").posix,
-        PosixMeta::default()
-    );
+    assert_eq!(b.lookup("bare").await.expect("bare").posix, PosixMeta::default());
     // rmdir drops them: a re-created directory starts clean.
     b.remove_dir("d").await.expect("rmdir");
     assert_eq!(kind(b.lookup("d").await), ErrorKind::NotFound);
     b.create_dir("d").await.expect("mkdir again");
-    assert_eq!(
-        b.lookup("d").await.expect("d").posix,
-        PosixMeta::default(),
-        "no stale attributes"
-    );
+    assert_eq!(b.lookup("d").await.expect("d").posix, PosixMeta::default(), "no stale attributes");
     // Files below a directory do not touch its attributes.
     b.create_dir_with("e", &dp).await.expect("mkdir e");
-    b.write("e/f", Bytes::from_static(b"x"), &fposix(0o644, 1))
-        .await
-        .expect("write e/f");
+    b.write("e/f", Bytes::from_static(b"x"), &fposix(0o644, 1)).await.expect("write e/f");
     b.delete_file("e/f").await.expect("rm e/f");
     assert_eq!(b.lookup("e").await.expect("e").posix, dp);
 }
@@ -995,37 +784,23 @@ async fn memory_create_dir_with_stores_posix() {
 async fn memory_write_posix_round_trip() {
     let b = memory();
     let p = fposix(0o640, 1000);
-    b.write("f", Bytes::from_static(b"data"), &p)
-        .await
-        .expect("write");
+    b.write("f", Bytes::from_static(b"data"), &p).await.expect("write");
     let m = b.lookup("f").await.expect("lookup");
     assert_eq!((m.size, &m.posix), (4, &p));
     assert_eq!(listed_posix(&b, "", "f").await, p);
     // A rewrite replaces the attributes (like an S3 PUT) ...
     let q = fposix(0o600, 7);
-    b.write("f", Bytes::from_static(b"new"), &q)
-        .await
-        .expect("rewrite");
+    b.write("f", Bytes::from_static(b"new"), &q).await.expect("rewrite");
     assert_eq!(b.lookup("f").await.expect("f").posix, q);
     // ... and a rewrite without any leaves none (the vfs passes the open
     // file's attributes, read by lookup at open, so they survive).
-    b.write("f", Bytes::from_static(b"x"), &PosixMeta::default())
-        .await
-        .expect("rewrite bare");
+    b.write("f", Bytes::from_static(b"x"), &PosixMeta::default()).await.expect("rewrite bare");
     assert_eq!(b.lookup("f").await.expect("f").posix, PosixMeta::default());
 
     // Kept in the user-metadata encoding, as on fs and S3: whole seconds.
-    let frac = PosixMeta {
-        mtime: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
-        ..Default::default()
-    };
-    b.write("t", Bytes::from_static(b"t"), &frac)
-        .await
-        .expect("write t");
-    assert_eq!(
-        b.lookup("t").await.expect("t").posix.mtime,
-        Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-    );
+    let frac = PosixMeta { mtime: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)), ..Default::default() };
+    b.write("t", Bytes::from_static(b"t"), &frac).await.expect("write t");
+    assert_eq!(b.lookup("t").await.expect("t").posix.mtime, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
 
     // The streaming writer stores them at close, not before.
     let w_p = fposix(0o755, 3);
@@ -1045,27 +820,13 @@ async fn memory_write_posix_round_trip() {
 async fn memory_set_posix_files_and_dirs() {
     let b = memory();
     let p = fposix(0o644, 1000);
-    b.write("d/f", Bytes::from_static(b"data"), &p)
-        .await
-        .expect("write");
+    b.write("d/f", Bytes::from_static(b"data"), &p).await.expect("write");
     // File: set fields replace, unset fields are kept; content untouched.
-    let chmod = PosixMeta {
-        mode: Some(0o100600),
-        ..Default::default()
-    };
+    let chmod = PosixMeta { mode: Some(0o100600), ..Default::default() };
     b.set_posix("d/f", &chmod).await.expect("set_posix file");
     let m = b.lookup("d/f").await.expect("lookup");
-    assert_eq!(
-        m.posix,
-        PosixMeta {
-            mode: Some(0o100600),
-            ..p.clone()
-        }
-    );
-    assert_eq!(
-        b.read("d/f", 0, 10).await.expect("read"),
-        Bytes::from_static(b"data")
-    );
+    assert_eq!(m.posix, PosixMeta { mode: Some(0o100600), ..p.clone() });
+    assert_eq!(b.read("d/f", 0, 10).await.expect("read"), Bytes::from_static(b"data"));
     assert_eq!(listed_posix(&b, "d", "f").await, m.posix);
     // A whole PosixMeta (what the vfs passes) replaces every field.
     let all = fposix(0o400, 42);
@@ -1074,12 +835,7 @@ async fn memory_set_posix_files_and_dirs() {
 
     // Directory made by mkdir.
     b.create_dir("dir").await.expect("mkdir");
-    let dp = PosixMeta {
-        mode: Some(0o040750),
-        uid: Some(7),
-        gid: Some(8),
-        mtime: None,
-    };
+    let dp = PosixMeta { mode: Some(0o040750), uid: Some(7), gid: Some(8), mtime: None };
     b.set_posix("dir", &dp).await.expect("set_posix dir");
     assert_eq!(b.lookup("dir").await.expect("dir").posix, dp);
     assert_eq!(listed_posix(&b, "", "dir").await, dp);
@@ -1098,10 +854,7 @@ async fn memory_set_posix_files_and_dirs() {
     assert_eq!(kind(b.set_posix("x/nope", &dp).await), ErrorKind::NotFound);
     assert_eq!(kind(b.set_posix("", &dp).await), ErrorKind::InvalidInput);
     assert_eq!(kind(b.lookup("nope").await), ErrorKind::NotFound);
-    assert_eq!(
-        b.lookup("").await.expect("root").posix,
-        PosixMeta::default()
-    );
+    assert_eq!(b.lookup("").await.expect("root").posix, PosixMeta::default());
 }
 
 #[tokio::test]
@@ -1109,40 +862,25 @@ async fn memory_rename_moves_and_delete_drops_posix() {
     let b = memory();
     let p = fposix(0o640, 1000);
     let q = fposix(0o600, 2000);
-    b.write("a", Bytes::from_static(b"aaa"), &p)
-        .await
-        .expect("write a");
-    b.write("b", Bytes::from_static(b"bb"), &q)
-        .await
-        .expect("write b");
+    b.write("a", Bytes::from_static(b"aaa"), &p).await.expect("write a");
+    b.write("b", Bytes::from_static(b"bb"), &q).await.expect("write b");
     // Rename moves the attributes; the source keeps none.
     b.rename_file("a", "sub/a2", false).await.expect("rename");
     assert_eq!(b.lookup("sub/a2").await.expect("a2").posix, p);
     assert_eq!(listed_posix(&b, "sub", "a2").await, p);
     assert_eq!(kind(b.lookup("a").await), ErrorKind::NotFound);
     // Replacing a target: it takes the source's attributes.
-    b.rename_file("sub/a2", "b", false)
-        .await
-        .expect("replace b");
+    b.rename_file("sub/a2", "b", false).await.expect("replace b");
     let m = b.lookup("b").await.expect("b");
     assert_eq!((m.size, &m.posix), (3, &p));
     // A refused noreplace rename changes nothing.
-    b.write("c", Bytes::from_static(b"c"), &q)
-        .await
-        .expect("write c");
-    assert_eq!(
-        kind(b.rename_file("c", "b", true).await),
-        ErrorKind::AlreadyExists
-    );
+    b.write("c", Bytes::from_static(b"c"), &q).await.expect("write c");
+    assert_eq!(kind(b.rename_file("c", "b", true).await), ErrorKind::AlreadyExists);
     assert_eq!(b.lookup("b").await.expect("b").posix, p);
     assert_eq!(b.lookup("c").await.expect("c").posix, q);
     // A file without attributes renamed onto one with: the target has none.
-    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default())
-        .await
-        .expect("write plain");
-    b.rename_file("plain", "c", false)
-        .await
-        .expect("rename plain");
+    b.write("plain", Bytes::from_static(b"p"), &PosixMeta::default()).await.expect("write plain");
+    b.rename_file("plain", "c", false).await.expect("rename plain");
     assert_eq!(b.lookup("c").await.expect("c").posix, PosixMeta::default());
     // Rename onto itself keeps them.
     b.rename_file("b", "b", false).await.expect("self rename");
@@ -1150,17 +888,12 @@ async fn memory_rename_moves_and_delete_drops_posix() {
 
     // Delete drops them: a re-created file has no stale attributes.
     b.delete_file("b").await.expect("rm b");
-    b.write("b", Bytes::from_static(b"new"), &PosixMeta::default())
-        .await
-        .expect("re-create b");
+    b.write("b", Bytes::from_static(b"new"), &PosixMeta::default()).await.expect("re-create b");
     assert_eq!(b.lookup("b").await.expect("b").posix, PosixMeta::default());
     assert_eq!(listed_posix(&b, "", "b").await, PosixMeta::default());
     // Failed calls leave the table alone.
     assert_eq!(kind(b.delete_file("nope").await), ErrorKind::NotFound);
-    assert_eq!(
-        kind(b.rename_file("nope", "b", false).await),
-        ErrorKind::NotFound
-    );
+    assert_eq!(kind(b.rename_file("nope", "b", false).await), ErrorKind::NotFound);
     assert_eq!(b.lookup("b").await.expect("b").posix, PosixMeta::default());
     let left = b.inner.side.as_ref().expect("side table").map().len();
     assert_eq!(left, 0, "no attributes of deleted objects remain");
@@ -1169,28 +902,14 @@ async fn memory_rename_moves_and_delete_drops_posix() {
 #[tokio::test]
 async fn memory_list_posix_matches_lookup() {
     let b = memory();
-    let dp = PosixMeta {
-        mode: Some(0o040755),
-        uid: Some(1),
-        ..Default::default()
-    };
+    let dp = PosixMeta { mode: Some(0o040755), uid: Some(1), ..Default::default() };
     b.create_dir_with("d", &dp).await.expect("mkdir d");
-    b.write("d/x", Bytes::from_static(b"x"), &fposix(0o644, 2))
-        .await
-        .expect("x");
-    b.write("d/y/z", Bytes::from_static(b"z"), &fposix(0o600, 3))
-        .await
-        .expect("z");
-    b.write("d/plain", Bytes::from_static(b"p"), &PosixMeta::default())
-        .await
-        .expect("plain");
+    b.write("d/x", Bytes::from_static(b"x"), &fposix(0o644, 2)).await.expect("x");
+    b.write("d/y/z", Bytes::from_static(b"z"), &fposix(0o600, 3)).await.expect("z");
+    b.write("d/plain", Bytes::from_static(b"p"), &PosixMeta::default()).await.expect("plain");
     for dir in ["", "d", "d/y"] {
         for e in b.list(dir).await.expect("list") {
-            let path = if dir.is_empty() {
-                e.name.clone()
-            } else {
-                format!("{dir}/{}", e.name)
-            };
+            let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
             let m = b.lookup(&path).await.expect("lookup");
             assert_eq!((e.meta.kind, &e.meta.posix), (m.kind, &m.posix), "{path}");
         }

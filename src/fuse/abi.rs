@@ -304,9 +304,7 @@ pub unsafe trait Pod: Copy + Default + Sized {
         // SAFETY: `self` is a valid, initialised repr(C) integer-only struct with
         // no implicit padding (sizes asserted in tests), so viewing its
         // size_of::<Self>() bytes as u8 is sound for the borrow's lifetime.
-        unsafe {
-            std::slice::from_raw_parts(self as *const Self as *const u8, std::mem::size_of::<Self>())
-        }
+        unsafe { std::slice::from_raw_parts(self as *const Self as *const u8, std::mem::size_of::<Self>()) }
     }
 }
 

@@ -38,11 +38,7 @@ fn pad8(n: usize) -> usize {
 
 /// Size one entry takes in a READDIR (`plus == false`) or READDIRPLUS reply.
 pub fn dirent_size(name_len: usize, plus: bool) -> usize {
-    let head = if plus {
-        std::mem::size_of::<fuse_direntplus>()
-    } else {
-        std::mem::size_of::<fuse_dirent>()
-    };
+    let head = if plus { std::mem::size_of::<fuse_direntplus>() } else { std::mem::size_of::<fuse_dirent>() };
     pad8(head + name_len)
 }
 

@@ -135,10 +135,16 @@ impl<F: Filesystem> Server<F> {
         let attr = |(a, valid): (abi::fuse_attr, Duration)| {
             Some(reply::ok(
                 u,
-                &abi::fuse_attr_out { attr_valid: valid.as_secs(), attr_valid_nsec: valid.subsec_nanos(), dummy: 0, attr: a },
+                &abi::fuse_attr_out {
+                    attr_valid: valid.as_secs(),
+                    attr_valid_nsec: valid.subsec_nanos(),
+                    dummy: 0,
+                    attr: a,
+                },
             ))
         };
-        let open = |(fh, flags): (u64, u32)| Some(reply::ok(u, &abi::fuse_open_out { fh, open_flags: flags, backing_id: 0 }));
+        let open =
+            |(fh, flags): (u64, u32)| Some(reply::ok(u, &abi::fuse_open_out { fh, open_flags: flags, backing_id: 0 }));
         let empty = |()| Some(reply::empty(u));
         Ok(match op {
             Opcode::Init => Some(self.init(u, &mut r)?),

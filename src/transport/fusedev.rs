@@ -115,9 +115,7 @@ impl FuseMount {
         let mut buf = vec![0u8; bufsize];
         let raw = self.fd.as_raw_fd();
         loop {
-            let permit = rt
-                .block_on(sem.clone().acquire_owned())
-                .map_err(|_| io::Error::other("semaphore closed"))?;
+            let permit = rt.block_on(sem.clone().acquire_owned()).map_err(|_| io::Error::other("semaphore closed"))?;
             // SAFETY: `buf` is valid for `bufsize` writable bytes; `raw` stays open
             // while `self.fd` lives.
             let n = unsafe { libc::read(raw, buf.as_mut_ptr() as *mut libc::c_void, bufsize) };

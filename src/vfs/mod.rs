@@ -28,10 +28,9 @@ pub fn errno(kind: ErrorKind) -> Errno {
         ErrorKind::NotEmpty => Errno::ENOTEMPTY,
         ErrorKind::Unsupported => Errno::ENOTSUP,
         ErrorKind::InvalidInput => Errno::EINVAL,
-        ErrorKind::ConditionNotMatch
-        | ErrorKind::RateLimited
-        | ErrorKind::Timeout
-        | ErrorKind::Unexpected => Errno::EIO,
+        ErrorKind::ConditionNotMatch | ErrorKind::RateLimited | ErrorKind::Timeout | ErrorKind::Unexpected => {
+            Errno::EIO
+        }
     }
 }
 

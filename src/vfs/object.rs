@@ -220,7 +220,10 @@ impl ObjectFs {
     fn acquire(&self, nodeid: u64, init: impl FnOnce() -> Snapshot) -> Arc<OpenFile> {
         let mut g = self.lock_open();
         let e = g.entry(nodeid).or_insert_with(|| {
-            let f = OpenFile { state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false }), snap: Mutex::new(init()) };
+            let f = OpenFile {
+                state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false }),
+                snap: Mutex::new(init()),
+            };
             (Arc::new(f), 0)
         });
         e.1 += 1;
@@ -510,7 +513,13 @@ impl ObjectFs {
                 out.push(Listed {
                     name,
                     kind: Kind::File,
-                    meta: Some(Meta { kind: EntryKind::File, size: s.size, mtime: Some(s.mtime), etag: None, posix: s.posix }),
+                    meta: Some(Meta {
+                        kind: EntryKind::File,
+                        size: s.size,
+                        mtime: Some(s.mtime),
+                        etag: None,
+                        posix: s.posix,
+                    }),
                 });
             }
         }
@@ -616,7 +625,8 @@ impl Filesystem for ObjectFs {
             self.release_ref(nodeid);
             r?;
         }
-        let explicit_time = matches!(a.atime, Some(TimeSpec::Set { .. })) || matches!(a.mtime, Some(TimeSpec::Set { .. }));
+        let explicit_time =
+            matches!(a.atime, Some(TimeSpec::Set { .. })) || matches!(a.mtime, Some(TimeSpec::Set { .. }));
         let meta_change = a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || explicit_time;
         if meta_change || (a.mtime.is_some() && self.caps.user_metadata) {
             if !self.caps.user_metadata {
@@ -1052,13 +1062,15 @@ impl Filesystem for ObjectFs {
     async fn mknod(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, _rdev: u32, umask: u32) -> Result<Entry> {
         let t = mode & libc::S_IFMT;
         if t != libc::S_IFREG && t != 0 {
-            if !self.caps.user_metadata || !matches!(t, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK) {
+            if !self.caps.user_metadata || !matches!(t, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK)
+            {
                 return Err(Errno::EPERM);
             }
             let path = self.dir_child(parent, name)?;
             return self.create_special(ctx, &path, t | (mode & 0o7777), b"").await;
         }
-        let (entry, fh, _) = self.create(ctx, parent, name, mode, libc::O_WRONLY as u32 | libc::O_EXCL as u32, umask).await?;
+        let (entry, fh, _) =
+            self.create(ctx, parent, name, mode, libc::O_WRONLY as u32 | libc::O_EXCL as u32, umask).await?;
         self.release(ctx, entry.nodeid, fh, 0).await?;
         Ok(entry)
     }

@@ -33,15 +33,11 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringState, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use super::{BackendChannel, VhostUserOptions, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, MAX_TAG_LEN};
 use crate::transport::RequestHandler;
@@ -116,16 +112,12 @@ impl TryFrom<&VhostUserOptions> for DeviceConfig {
             )));
         }
         if opts.max_inflight == 0 || opts.max_inflight > Semaphore::MAX_PERMITS {
-            return Err(invalid(format!(
-                "max_inflight must be at least 1, got {}",
-                opts.max_inflight
-            )));
+            return Err(invalid(format!("max_inflight must be at least 1, got {}", opts.max_inflight)));
         }
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..tag.len()].copy_from_slice(tag.as_bytes());
         // num_request_queues <= 63, so the cast is lossless.
-        config_space[MAX_TAG_LEN..]
-            .copy_from_slice(&(opts.num_request_queues as u32).to_le_bytes());
+        config_space[MAX_TAG_LEN..].copy_from_slice(&(opts.num_request_queues as u32).to_le_bytes());
         Ok(Self {
             config_space,
             num_queues: opts.num_request_queues + 1,
@@ -293,13 +285,7 @@ impl VhostUserBackend for FsDevice {
         Ok(())
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Vring],
-        _thread_id: usize,
-    ) -> io::Result<()> {
+    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[Vring], _thread_id: usize) -> io::Result<()> {
         let q = usize::from(device_event);
         if q >= self.inner.cfg.num_queues || q >= vrings.len() {
             tracing::warn!("vhost-user: event for unknown queue {q} ignored");
@@ -423,10 +409,7 @@ impl Inner {
                 Some(permit)
             }
             Err(_) => {
-                tracing::debug!(
-                    "queue {q}: {} requests in flight, pausing",
-                    self.cfg.max_inflight
-                );
+                tracing::debug!("queue {q}: {} requests in flight, pausing", self.cfg.max_inflight);
                 None
             }
         }
@@ -448,15 +431,8 @@ impl Inner {
                     None => return Drain::Empty,
                 }
             };
-            let mut pending = Pending {
-                q,
-                vring: vring.clone(),
-                generation,
-                head: chain.head_index(),
-                mem,
-                chain,
-                unique: None,
-            };
+            let mut pending =
+                Pending { q, vring: vring.clone(), generation, head: chain.head_index(), mem, chain, unique: None };
             match parse_request(&pending.mem, &pending.chain) {
                 Ok((req, unique)) => {
                     pending.unique = Some(unique);
@@ -467,11 +443,7 @@ impl Inner {
                         "queue {q}: malformed descriptor chain (head {}): {}; {}",
                         pending.head,
                         rejected.reason,
-                        if rejected.unique.is_some() {
-                            "answering EIO"
-                        } else {
-                            "returning it unused"
-                        }
+                        if rejected.unique.is_some() { "answering EIO" } else { "returning it unused" }
                     );
                     pending.unique = rejected.unique;
                     let reply = rejected.unique.map(|u| eio_reply(u).to_vec());
@@ -482,24 +454,14 @@ impl Inner {
         }
     }
 
-    fn spawn_request(
-        self: &Arc<Self>,
-        pending: Pending,
-        req: Vec<u8>,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit) {
         if let Some(ctl) = self.queues.get(pending.q) {
             ctl.requests.fetch_add(1, Ordering::Relaxed);
         }
-        let guard = Inflight {
-            inner: self.clone(),
-            permit: Some(permit),
-        };
+        let guard = Inflight { inner: self.clone(), permit: Some(permit) };
         let handler = self.handler.clone();
         self.rt.spawn(async move {
-            let outcome = AssertUnwindSafe(async move { handler.handle(req).await })
-                .catch_unwind()
-                .await;
+            let outcome = AssertUnwindSafe(async move { handler.handle(req).await }).catch_unwind().await;
             let reply = match outcome {
                 Ok(reply) => reply,
                 Err(_) => {
@@ -525,15 +487,7 @@ impl Inner {
 
     /// Write `reply` (if any) into the chain and return it to the used ring.
     fn complete(&self, pending: Pending, reply: Option<Vec<u8>>) {
-        let Pending {
-            q,
-            vring,
-            generation,
-            head,
-            mem,
-            chain,
-            unique,
-        } = pending;
+        let Pending { q, vring, generation, head, mem, chain, unique } = pending;
         let len = {
             let state = vring.get_ref();
             if !self.live(&state, q, generation) {
@@ -591,10 +545,7 @@ impl Inner {
                     )
                 };
                 if rc < 0 {
-                    tracing::warn!(
-                        "queue {q}: cannot wake the queue: {}",
-                        io::Error::last_os_error()
-                    );
+                    tracing::warn!("queue {q}: cannot wake the queue: {}", io::Error::last_os_error());
                 }
             }
         }
@@ -604,10 +555,7 @@ impl Inner {
 /// Check a chain and copy out its readable part; returns the request and its
 /// `unique`.
 fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
-    let reject = |reason: String| Rejected {
-        reason,
-        unique: None,
-    };
+    let reject = |reason: String| Rejected { reason, unique: None };
     let mut readable: u64 = 0;
     let mut truncated = false;
     for desc in chain.clone() {
@@ -620,15 +568,12 @@ fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
     }
     // Validate the writable part now, so a completion can always build its writer.
     Writer::<()>::new(mem, chain.clone()).map_err(|e| reject(format!("bad writable part: {e}")))?;
-    let mut reader = Reader::<()>::new(mem, chain.clone())
-        .map_err(|e| reject(format!("bad readable part: {e}")))?;
+    let mut reader = Reader::<()>::new(mem, chain.clone()).map_err(|e| reject(format!("bad readable part: {e}")))?;
 
     if truncated || readable < FUSE_IN_HEADER_LEN as u64 || readable > MAX_REQUEST_LEN {
         let mut head = [0u8; 16];
         let unique = if readable >= 16 {
-            io::Read::read_exact(&mut reader, &mut head)
-                .ok()
-                .and_then(|()| unique_of(&head))
+            io::Read::read_exact(&mut reader, &mut head).ok().and_then(|()| unique_of(&head))
         } else {
             None
         };
@@ -639,28 +584,17 @@ fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
         } else {
             "over the request size limit"
         };
-        return Err(Rejected {
-            reason: format!("readable part of {readable} bytes is {what}"),
-            unique,
-        });
+        return Err(Rejected { reason: format!("readable part of {readable} bytes is {what}"), unique });
     }
     // readable <= 16 MiB, so it fits a usize.
     let mut req = vec![0u8; readable as usize];
-    io::Read::read_exact(&mut reader, &mut req)
-        .map_err(|e| reject(format!("cannot read the request: {e}")))?;
+    io::Read::read_exact(&mut reader, &mut req).map_err(|e| reject(format!("cannot read the request: {e}")))?;
     let unique = unique_of(&req).unwrap_or(0);
     Ok((req, unique))
 }
 
 /// Write a reply into the chain's writable part; returns the used length.
-fn write_reply(
-    mem: &Mem,
-    chain: Chain,
-    reply: &[u8],
-    req_unique: Option<u64>,
-    q: usize,
-    head: u16,
-) -> u32 {
+fn write_reply(mem: &Mem, chain: Chain, reply: &[u8], req_unique: Option<u64>, q: usize, head: u16) -> u32 {
     let mut writer = match Writer::<()>::new(mem, chain) {
         Ok(writer) => writer,
         Err(e) => {
@@ -696,9 +630,7 @@ fn write_reply(
     match io::Write::write_all(&mut writer, bytes) {
         Ok(()) => u32::try_from(bytes.len()).unwrap_or(0),
         Err(e) => {
-            tracing::warn!(
-                "queue {q}: head {head}: cannot write the reply: {e}; returning it unused"
-            );
+            tracing::warn!("queue {q}: head {head}: cannot write the reply: {e}; returning it unused");
             0
         }
     }

@@ -65,13 +65,7 @@ pub struct VhostUserOptions {
 
 impl Default for VhostUserOptions {
     fn default() -> Self {
-        Self {
-            tag: None,
-            num_request_queues: 1,
-            queue_size: MAX_QUEUE_SIZE,
-            max_inflight: 256,
-            keep_serving: false,
-        }
+        Self { tag: None, num_request_queues: 1, queue_size: MAX_QUEUE_SIZE, max_inflight: 256, keep_serving: false }
     }
 }
 
@@ -113,17 +107,13 @@ impl BackendChannel {
 
     fn lock(&self) -> MutexGuard<'_, Option<Backend>> {
         // A panic while holding this lock cannot leave the Option inconsistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl std::fmt::Debug for BackendChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendChannel")
-            .field("connected", &self.lock().is_some())
-            .finish()
+        f.debug_struct("BackendChannel").field("connected", &self.lock().is_some()).finish()
     }
 }
 
@@ -187,12 +177,8 @@ fn serve_connections(
 
 fn open_listener(listen: Listen) -> io::Result<Listener> {
     let listener = match listen {
-        Listen::SocketPath(path) => Listener::new(&path, true).map_err(|e| {
-            io::Error::other(format!(
-                "cannot listen on vhost-user socket {}: {e}",
-                path.display()
-            ))
-        })?,
+        Listen::SocketPath(path) => Listener::new(&path, true)
+            .map_err(|e| io::Error::other(format!("cannot listen on vhost-user socket {}: {e}", path.display())))?,
         Listen::Fd(fd) => {
             check_listening_socket(fd)?;
             // SAFETY: the caller hands over an inherited listening socket it no
@@ -202,9 +188,7 @@ fn open_listener(listen: Listen) -> io::Result<Listener> {
         }
     };
     // An inherited socket may be non-blocking; the daemon's accept loop would spin.
-    listener
-        .set_nonblocking(false)
-        .map_err(|e| io::Error::other(format!("vhost-user socket: {e}")))?;
+    listener.set_nonblocking(false).map_err(|e| io::Error::other(format!("vhost-user socket: {e}")))?;
     Ok(listener)
 }
 
@@ -215,18 +199,12 @@ fn check_listening_socket(fd: RawFd) -> io::Result<()> {
     let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("vhost-user socket fd {fd}: {e}"),
-        ));
+        return Err(io::Error::new(e.kind(), format!("vhost-user socket fd {fd}: {e}")));
     }
     // SAFETY: fstat succeeded, so it initialised `st`.
     let st = unsafe { st.assume_init() };
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("vhost-user socket fd {fd} is not a socket"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("vhost-user socket fd {fd} is not a socket")));
     }
     Ok(())
 }
@@ -268,9 +246,7 @@ fn serve_one(
         Ok(()) => Ok(Ok(())),
         Err(DaemonError::HandleRequest(VhostUserError::Disconnected))
         | Err(DaemonError::HandleRequest(VhostUserError::PartialMessage)) => Ok(Ok(())),
-        Err(e @ DaemonError::HandleRequest(_)) => {
-            Ok(Err(io::Error::other(format!("vhost-user: {e}"))))
-        }
+        Err(e @ DaemonError::HandleRequest(_)) => Ok(Err(io::Error::other(format!("vhost-user: {e}")))),
         Err(e) => Err(io::Error::other(format!("vhost-user: {e}"))),
     }
 }

@@ -23,9 +23,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::{
-    config_slice, DeviceConfig, FsDevice, Vring, CONFIG_LEN, FUSE_IN_HEADER_LEN, VIRTIO_FEATURES,
-};
+use super::device::{config_slice, DeviceConfig, FsDevice, Vring, CONFIG_LEN, FUSE_IN_HEADER_LEN, VIRTIO_FEATURES};
 use super::*;
 
 const QSIZE: u16 = 16;
@@ -167,21 +165,13 @@ impl Rig {
             keep_serving: false,
         };
         let cfg = DeviceConfig::try_from(&opts).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
         let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         // Leaked so the MockSplitQueue borrows can live in the rig (test only).
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(gm.clone()));
         let atomic = GuestMemoryAtomic::new(gm);
         let handler = Arc::new(TestHandler::default());
-        let dev = FsDevice::new(
-            cfg,
-            handler.clone(),
-            rt.handle().clone(),
-            BackendChannel::new(),
-        );
+        let dev = FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new());
         dev.update_memory(atomic.clone()).unwrap();
         let mut vrings = Vec::new();
         let mut layouts = Vec::new();
@@ -195,36 +185,19 @@ impl Rig {
             let used = base.unchecked_add(0x800);
             let vring = Vring::new(atomic.clone(), QSIZE).unwrap();
             vring.set_queue_size(QSIZE);
-            vring
-                .set_queue_info(mock.desc_table_addr().0, mock.avail_addr().0, used.0)
-                .unwrap();
+            vring.set_queue_info(mock.desc_table_addr().0, mock.avail_addr().0, used.0).unwrap();
             vring.set_queue_ready(true);
             vring.set_enabled(true);
             let kick = EventFd::new(EFD_NONBLOCK).unwrap();
             let call = EventFd::new(EFD_NONBLOCK).unwrap();
             vring.set_kick(Some(eventfd_file(&kick)));
             vring.set_call(Some(eventfd_file(&call)));
-            layouts.push(Layout {
-                avail: mock.avail_addr(),
-                used,
-                next_desc: 0,
-                mock,
-            });
+            layouts.push(Layout { avail: mock.avail_addr(), used, next_desc: 0, mock });
             vrings.push(vring);
             kicks.push(kick);
             calls.push(call);
         }
-        Rig {
-            _rt: rt,
-            mem,
-            handler,
-            dev,
-            vrings,
-            layouts,
-            kicks,
-            calls,
-            next_buf: BUF_START,
-        }
+        Rig { _rt: rt, mem, handler, dev, vrings, layouts, kicks, calls, next_buf: BUF_START }
     }
 
     fn enable_event_idx(&self) {
@@ -256,9 +229,7 @@ impl Rig {
                 }
                 Seg::W(len) => {
                     let a = self.alloc(u64::from(len));
-                    self.mem
-                        .write_slice(&vec![0xEE; len as usize], GuestAddress(a))
-                        .unwrap();
+                    self.mem.write_slice(&vec![0xEE; len as usize], GuestAddress(a)).unwrap();
                     (a, len, true)
                 }
                 Seg::Raw(a, len, write) => (a, len, write),
@@ -269,26 +240,16 @@ impl Rig {
             if !last {
                 flags |= VRING_F_NEXT;
             }
-            raw.push(RawDescriptor::from(SplitDescriptor::new(
-                addr,
-                len,
-                flags,
-                (idx + 1) % QSIZE,
-            )));
+            raw.push(RawDescriptor::from(SplitDescriptor::new(addr, len, flags, (idx + 1) % QSIZE)));
             addrs.push(addr);
         }
-        self.layouts[q]
-            .mock
-            .add_desc_chains(&raw, first)
-            .expect("publish chain");
+        self.layouts[q].mock.add_desc_chains(&raw, first).expect("publish chain");
         self.layouts[q].next_desc = (first + n) % QSIZE;
         (first, addrs)
     }
 
     fn run(&self, q: usize) {
-        self.dev
-            .handle_event(q as u16, EventSet::IN, &self.vrings, 0)
-            .unwrap();
+        self.dev.handle_event(q as u16, EventSet::IN, &self.vrings, 0).unwrap();
     }
 
     fn used(&self, q: usize) -> Vec<(u32, u32)> {
@@ -296,10 +257,7 @@ impl Rig {
         let idx: u16 = self.mem.read_obj(l.used.unchecked_add(2)).unwrap();
         (0..idx)
             .map(|i| {
-                let e: VirtqUsedElem = self
-                    .mem
-                    .read_obj(l.used.unchecked_add(4 + 8 * u64::from(i % QSIZE)))
-                    .unwrap();
+                let e: VirtqUsedElem = self.mem.read_obj(l.used.unchecked_add(4 + 8 * u64::from(i % QSIZE))).unwrap();
                 (e.id(), e.len())
             })
             .collect()
@@ -312,11 +270,7 @@ impl Rig {
             if used.len() >= n {
                 return used;
             }
-            assert!(
-                Instant::now() < deadline,
-                "queue {q}: {} used entries, expected {n}",
-                used.len()
-            );
+            assert!(Instant::now() < deadline, "queue {q}: {} used entries, expected {n}", used.len());
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -337,9 +291,7 @@ impl Rig {
 
     /// The guest's `used_event` (in the available ring).
     fn set_used_event(&self, q: usize, v: u16) {
-        let a = self.layouts[q]
-            .avail
-            .unchecked_add(4 + 2 * u64::from(QSIZE));
+        let a = self.layouts[q].avail.unchecked_add(4 + 2 * u64::from(QSIZE));
         self.mem.write_obj(v, a).unwrap();
     }
 
@@ -376,15 +328,7 @@ fn request_and_reply_spanning_descriptors() {
     let mut rig = Rig::new(1, 8);
     let req = request(OP_ECHO, 6, b"0123456789abcdef");
     let (a, b) = req.split_at(13);
-    let (head, addrs) = rig.push(
-        1,
-        vec![
-            Seg::R(a.to_vec()),
-            Seg::R(b.to_vec()),
-            Seg::W(10),
-            Seg::W(100),
-        ],
-    );
+    let (head, addrs) = rig.push(1, vec![Seg::R(a.to_vec()), Seg::R(b.to_vec()), Seg::W(10), Seg::W(100)]);
     rig.run(1);
     assert_eq!(rig.wait_used(1, 1), vec![(u32::from(head), 32)]);
     let mut expected = out_header(32, 0, 6);
@@ -477,10 +421,7 @@ fn readable_part_shorter_than_header() {
     let (h3, _) = rig.push(1, vec![Seg::R(Vec::new())]);
     rig.run(1);
     let used = rig.wait_used(1, 3);
-    assert_eq!(
-        used,
-        vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]
-    );
+    assert_eq!(used, vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]);
     assert_eq!(rig.read(a1[1], 16), out_header(16, -libc::EIO, 0x42));
     assert_eq!(rig.read(a2[1], 64), vec![0xEE; 64]);
     assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
@@ -493,31 +434,14 @@ fn descriptor_outside_guest_memory() {
     // Readable part outside memory.
     let (h1, _) = rig.push(1, vec![Seg::Raw(outside, 64, false), Seg::W(64)]);
     // Readable part straddling the end of memory.
-    let (h2, _) = rig.push(
-        1,
-        vec![Seg::Raw(MEM_SIZE as u64 - 20, 64, false), Seg::W(64)],
-    );
+    let (h2, _) = rig.push(1, vec![Seg::Raw(MEM_SIZE as u64 - 20, 64, false), Seg::W(64)]);
     // Valid request, writable part outside memory.
-    let (h3, _) = rig.push(
-        1,
-        vec![
-            Seg::R(request(OP_ECHO, 2, b"")),
-            Seg::Raw(outside, 64, true),
-        ],
-    );
+    let (h3, _) = rig.push(1, vec![Seg::R(request(OP_ECHO, 2, b"")), Seg::Raw(outside, 64, true)]);
     // Address near u64::MAX (overflow in address arithmetic).
     let (h4, _) = rig.push(1, vec![Seg::Raw(u64::MAX - 8, 64, false), Seg::W(64)]);
     rig.run(1);
     let used = rig.wait_used(1, 4);
-    assert_eq!(
-        used,
-        vec![
-            (u32::from(h1), 0),
-            (u32::from(h2), 0),
-            (u32::from(h3), 0),
-            (u32::from(h4), 0)
-        ]
-    );
+    assert_eq!(used, vec![(u32::from(h1), 0), (u32::from(h2), 0), (u32::from(h3), 0), (u32::from(h4), 0)]);
     assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
     // The queue still works afterwards.
     let (h5, _) = rig.push(1, vec![Seg::R(request(OP_ECHO, 8, b"ok")), Seg::W(64)]);
@@ -536,20 +460,11 @@ fn absurd_lengths_are_rejected() {
     let (h2, a2) = rig.push(1, vec![Seg::Raw(BUF_START, u32::MAX, false), Seg::W(64)]);
     // Two descriptors summing past u32::MAX: the chain walk stops at the
     // overflow, the writable descriptor is never reached -> len 0.
-    let (h3, _) = rig.push(
-        1,
-        vec![
-            Seg::Raw(BUF_START, u32::MAX - 10, false),
-            Seg::Raw(BUF_START, 100, false),
-            Seg::W(64),
-        ],
-    );
+    let (h3, _) =
+        rig.push(1, vec![Seg::Raw(BUF_START, u32::MAX - 10, false), Seg::Raw(BUF_START, 100, false), Seg::W(64)]);
     rig.run(1);
     let used = rig.wait_used(1, 3);
-    assert_eq!(
-        used,
-        vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]
-    );
+    assert_eq!(used, vec![(u32::from(h1), 16), (u32::from(h2), 0), (u32::from(h3), 0)]);
     assert_eq!(rig.read(a1[1], 16), out_header(16, -libc::EIO, 0x77));
     assert_eq!(rig.read(a2[1], 64), vec![0xEE; 64]);
     assert_eq!(rig.handler.calls.load(Ordering::SeqCst), 0);
@@ -564,12 +479,8 @@ fn publish_raw(rig: &Rig, q: usize, first: u16, descs: &[SplitDescriptor], head:
         rig.mem.write_obj(RawDescriptor::from(*d), at).unwrap();
     }
     let idx: u16 = rig.mem.read_obj(l.avail.unchecked_add(2)).unwrap();
-    rig.mem
-        .write_obj(head, l.avail.unchecked_add(4 + 2 * u64::from(idx % QSIZE)))
-        .unwrap();
-    rig.mem
-        .write_obj(idx.wrapping_add(1), l.avail.unchecked_add(2))
-        .unwrap();
+    rig.mem.write_obj(head, l.avail.unchecked_add(4 + 2 * u64::from(idx % QSIZE))).unwrap();
+    rig.mem.write_obj(idx.wrapping_add(1), l.avail.unchecked_add(2)).unwrap();
 }
 
 #[test]
@@ -585,20 +496,11 @@ fn looping_and_dangling_chains_are_rejected() {
         &rig,
         1,
         0,
-        &[
-            SplitDescriptor::new(r, 40, VRING_F_NEXT, 1),
-            SplitDescriptor::new(w, 64, VRING_F_NEXT | VRING_F_WRITE, 0),
-        ],
+        &[SplitDescriptor::new(r, 40, VRING_F_NEXT, 1), SplitDescriptor::new(w, 64, VRING_F_NEXT | VRING_F_WRITE, 0)],
         0,
     );
     // 2 -> 200: `next` outside the table.
-    publish_raw(
-        &rig,
-        1,
-        2,
-        &[SplitDescriptor::new(r, 40, VRING_F_NEXT, 200)],
-        2,
-    );
+    publish_raw(&rig, 1, 2, &[SplitDescriptor::new(r, 40, VRING_F_NEXT, 200)], 2);
     rig.run(1);
     let used = rig.wait_used(1, 2);
     assert_eq!(used, vec![(0, 16), (2, 0)]);
@@ -615,25 +517,13 @@ fn indirect_descriptor_table() {
     let w = rig.alloc(64);
     let table = rig.alloc(32);
     rig.mem
-        .write_obj(
-            RawDescriptor::from(SplitDescriptor::new(r, req.len() as u32, VRING_F_NEXT, 1)),
-            GuestAddress(table),
-        )
+        .write_obj(RawDescriptor::from(SplitDescriptor::new(r, req.len() as u32, VRING_F_NEXT, 1)), GuestAddress(table))
         .unwrap();
     rig.mem
-        .write_obj(
-            RawDescriptor::from(SplitDescriptor::new(w, 64, VRING_F_WRITE, 0)),
-            GuestAddress(table + 16),
-        )
+        .write_obj(RawDescriptor::from(SplitDescriptor::new(w, 64, VRING_F_WRITE, 0)), GuestAddress(table + 16))
         .unwrap();
     const VRING_F_INDIRECT: u16 = 4;
-    publish_raw(
-        &rig,
-        1,
-        0,
-        &[SplitDescriptor::new(table, 32, VRING_F_INDIRECT, 0)],
-        0,
-    );
+    publish_raw(&rig, 1, 0, &[SplitDescriptor::new(table, 32, VRING_F_INDIRECT, 0)], 0);
     rig.run(1);
     assert_eq!(rig.wait_used(1, 1), vec![(0, 24)]);
     let mut want = out_header(24, 0, 0x44);
@@ -671,15 +561,10 @@ fn concurrency_bound_pauses_and_resumes() {
     let mut rig = Rig::new(1, 2);
     let mut heads = Vec::new();
     for i in 0..5u64 {
-        heads.push(
-            rig.push(1, vec![Seg::R(request(OP_GATED, 2 * i, b"")), Seg::W(64)])
-                .0,
-        );
+        heads.push(rig.push(1, vec![Seg::R(request(OP_GATED, 2 * i, b"")), Seg::W(64)]).0);
     }
     rig.run(1);
-    rig.wait_until("two requests in the handler", || {
-        rig.handler.current.load(Ordering::SeqCst) == 2
-    });
+    rig.wait_until("two requests in the handler", || rig.handler.current.load(Ordering::SeqCst) == 2);
     // Only two chains were popped; the rest wait in the available ring.
     assert_eq!(rig.vrings[1].queue_next_avail(), 2);
     assert_eq!(rig.dev.inflight(), 2);
@@ -715,16 +600,10 @@ fn bound_is_per_device_across_queues() {
     rig.push(1, vec![Seg::R(request(OP_GATED, 2, b"")), Seg::W(64)]);
     rig.push(2, vec![Seg::R(request(OP_ECHO, 4, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("gated request running", || {
-        rig.handler.current.load(Ordering::SeqCst) == 1
-    });
+    rig.wait_until("gated request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
     rig.run(2);
     std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(
-        rig.vrings[2].queue_next_avail(),
-        0,
-        "queue 2 popped without a permit"
-    );
+    assert_eq!(rig.vrings[2].queue_next_avail(), 0, "queue 2 popped without a permit");
     rig.handler.gate.add_permits(1);
     rig.wait_used(1, 1);
     // Queue 2 (not the completing queue) is woken.
@@ -737,19 +616,14 @@ fn bound_is_per_device_across_queues() {
 fn multiqueue_and_high_priority_queue() {
     let mut rig = Rig::new(2, 8);
     for q in 0..3 {
-        let (head, addrs) = rig.push(
-            q,
-            vec![Seg::R(request(OP_ECHO, 10 + q as u64, b"q")), Seg::W(64)],
-        );
+        let (head, addrs) = rig.push(q, vec![Seg::R(request(OP_ECHO, 10 + q as u64, b"q")), Seg::W(64)]);
         rig.run(q);
         assert_eq!(rig.wait_used(q, 1), vec![(u32::from(head), 17)]);
         assert_eq!(rig.read(addrs[1], 16), out_header(17, 0, 10 + q as u64));
     }
     assert_eq!(rig.dev.requests_per_queue(), vec![1, 1, 1]);
     // Events for queues that do not exist are ignored.
-    rig.dev
-        .handle_event(7, EventSet::IN, &rig.vrings, 0)
-        .unwrap();
+    rig.dev.handle_event(7, EventSet::IN, &rig.vrings, 0).unwrap();
 }
 
 #[test]
@@ -757,18 +631,14 @@ fn completion_after_queue_stop_is_dropped() {
     let mut rig = Rig::new(1, 8);
     let (_, addrs) = rig.push(1, vec![Seg::R(request(OP_GATED, 2, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || {
-        rig.handler.current.load(Ordering::SeqCst) == 1
-    });
+    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
     // GET_VRING_BASE: queue not ready, then stop_vring; then the front-end
     // restarts the queue (ready again) before the old request finishes.
     rig.vrings[1].set_queue_ready(false);
     rig.dev.stop_vring(1).unwrap();
     rig.vrings[1].set_queue_ready(true);
     rig.handler.gate.add_permits(1);
-    rig.wait_until("handler done", || {
-        rig.handler.finished.load(Ordering::SeqCst) == 1
-    });
+    rig.wait_until("handler done", || rig.handler.finished.load(Ordering::SeqCst) == 1);
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
     assert!(rig.used(1).is_empty());
     assert_eq!(rig.read(addrs[1], 64), vec![0xEE; 64]);
@@ -780,9 +650,7 @@ fn completion_after_reset_or_disconnect_is_dropped() {
     let mut rig = Rig::new(1, 8);
     let (_, a1) = rig.push(1, vec![Seg::R(request(OP_GATED, 2, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || {
-        rig.handler.current.load(Ordering::SeqCst) == 1
-    });
+    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
     rig.dev.reset_device();
     rig.handler.gate.add_permits(1);
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
@@ -798,9 +666,7 @@ fn completion_after_reset_or_disconnect_is_dropped() {
     // ...until the front-end disconnects.
     let (_, a3) = rig.push(1, vec![Seg::R(request(OP_GATED, 6, b"")), Seg::W(64)]);
     rig.run(1);
-    rig.wait_until("request running", || {
-        rig.handler.current.load(Ordering::SeqCst) == 1
-    });
+    rig.wait_until("request running", || rig.handler.current.load(Ordering::SeqCst) == 1);
     rig.dev.disconnect();
     rig.handler.gate.add_permits(1);
     rig.wait_until("permit back", || rig.dev.inflight() == 0);
@@ -820,10 +686,7 @@ fn event_idx_notification_suppression() {
     rig.wait_until("completion done", || rig.dev.inflight() == 0);
     // Draining re-enabled notifications: avail_event = next available index.
     assert_eq!(rig.avail_event(1), 1);
-    assert!(
-        !rig.signalled(1),
-        "notified although used_event says not yet"
-    );
+    assert!(!rig.signalled(1), "notified although used_event says not yet");
 
     // Now the guest wants a notification for the next used entry (index 1).
     rig.set_used_event(1, 1);
@@ -854,11 +717,7 @@ fn config_space_slices() {
             let start = (offset as usize).min(CONFIG_LEN);
             let want_len = (size as usize).min(CONFIG_LEN - start);
             assert_eq!(got.len(), want_len, "offset {offset} size {size}");
-            assert_eq!(
-                got[..],
-                full[start..start + want_len],
-                "offset {offset} size {size}"
-            );
+            assert_eq!(got[..], full[start..start + want_len], "offset {offset} size {size}");
         }
     }
     assert!(config_slice(&[], 0, 5).is_empty());
@@ -871,45 +730,17 @@ fn tag_and_options_validation() {
     assert_eq!(cfg.num_queues, 2);
     assert_eq!(cfg.config_space[..36], [0u8; 36]);
     let tag36 = "a".repeat(36);
-    let cfg = DeviceConfig::try_from(&VhostUserOptions {
-        tag: Some(tag36.clone()),
-        ..ok.clone()
-    })
-    .unwrap();
+    let cfg = DeviceConfig::try_from(&VhostUserOptions { tag: Some(tag36.clone()), ..ok.clone() }).unwrap();
     assert_eq!(&cfg.config_space[..36], tag36.as_bytes());
     for bad in [
-        VhostUserOptions {
-            tag: Some("a".repeat(37)),
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            tag: Some("a\0b".into()),
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            num_request_queues: 0,
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            num_request_queues: 64,
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            queue_size: 2048,
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            queue_size: 1000,
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            queue_size: 0,
-            ..ok.clone()
-        },
-        VhostUserOptions {
-            max_inflight: 0,
-            ..ok.clone()
-        },
+        VhostUserOptions { tag: Some("a".repeat(37)), ..ok.clone() },
+        VhostUserOptions { tag: Some("a\0b".into()), ..ok.clone() },
+        VhostUserOptions { num_request_queues: 0, ..ok.clone() },
+        VhostUserOptions { num_request_queues: 64, ..ok.clone() },
+        VhostUserOptions { queue_size: 2048, ..ok.clone() },
+        VhostUserOptions { queue_size: 1000, ..ok.clone() },
+        VhostUserOptions { queue_size: 0, ..ok.clone() },
+        VhostUserOptions { max_inflight: 0, ..ok.clone() },
     ] {
         let err = DeviceConfig::try_from(&bad).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{bad:?}");
@@ -934,10 +765,7 @@ fn features_and_protocol_features() {
     );
     // Bits as the spec numbers them: MQ 0, REPLY_ACK 3, BACKEND_REQ 5,
     // CONFIG 9, BACKEND_SEND_FD 10, CONFIGURE_MEM_SLOTS 15.
-    assert_eq!(
-        p.bits(),
-        (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 15)
-    );
+    assert_eq!(p.bits(), (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 15));
     assert_eq!(rig.dev.num_queues(), 4);
     assert_eq!(rig.dev.max_queue_size(), usize::from(QSIZE));
     assert_eq!(rig.dev.queues_per_thread(), vec![0b1111]);
@@ -958,11 +786,7 @@ fn vhost_get_u64(sock: &mut UnixStream, request: u32) -> u64 {
     let mut reply = [0u8; 20];
     sock.read_exact(&mut reply).unwrap();
     assert_eq!(u32::from_le_bytes(reply[0..4].try_into().unwrap()), request);
-    assert_eq!(
-        u32::from_le_bytes(reply[4..8].try_into().unwrap()) & 0x4,
-        0x4,
-        "reply flag"
-    );
+    assert_eq!(u32::from_le_bytes(reply[4..8].try_into().unwrap()) & 0x4, 0x4, "reply flag");
     assert_eq!(u32::from_le_bytes(reply[8..12].try_into().unwrap()), 8);
     u64::from_le_bytes(reply[12..20].try_into().unwrap())
 }
@@ -981,10 +805,7 @@ fn connect_retry(path: &std::path::Path) -> UnixStream {
 }
 
 fn test_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap()
 }
 
 #[test]
@@ -996,19 +817,11 @@ fn serve_socket_path_answers_and_returns_on_disconnect() {
     let handle = rt.handle().clone();
     let p2 = path.clone();
     let server = std::thread::spawn(move || {
-        serve(
-            Listen::SocketPath(p2),
-            Arc::new(TestHandler::default()),
-            VhostUserOptions::default(),
-            handle,
-        )
+        serve(Listen::SocketPath(p2), Arc::new(TestHandler::default()), VhostUserOptions::default(), handle)
     });
     let mut sock = connect_retry(&path);
     assert_eq!(vhost_get_u64(&mut sock, GET_FEATURES), VIRTIO_FEATURES);
-    assert_eq!(
-        vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES),
-        device::protocol_features().bits()
-    );
+    assert_eq!(vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES), device::protocol_features().bits());
     drop(sock);
     server.join().unwrap().unwrap();
     assert!(!path.exists(), "socket file left behind");
@@ -1022,10 +835,7 @@ fn serve_inherited_fd_keep_serving() {
     let fd = listener.into_raw_fd();
     let rt = test_runtime();
     let handle = rt.handle().clone();
-    let opts = VhostUserOptions {
-        keep_serving: true,
-        ..VhostUserOptions::default()
-    };
+    let opts = VhostUserOptions { keep_serving: true, ..VhostUserOptions::default() };
     let server = std::thread::spawn(move || {
         serve_connections(
             Listen::Fd(fd),
@@ -1059,10 +869,7 @@ fn serve_rejects_bad_input() {
     let err = serve(
         Listen::SocketPath("/tmp/unused.sock".into()),
         Arc::new(TestHandler::default()),
-        VhostUserOptions {
-            tag: Some("x".repeat(40)),
-            ..VhostUserOptions::default()
-        },
+        VhostUserOptions { tag: Some("x".repeat(40)), ..VhostUserOptions::default() },
         rt.handle().clone(),
     )
     .unwrap_err();
