@@ -93,11 +93,18 @@ pub enum Command {
 
 fn init_logging(c: &Common) {
     let level = if c.debug { Some("debug".to_string()) } else { c.log_level.clone() };
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(format!("ovfs={l},warn")),
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ovfs=info,warn")),
+    // OpenDAL logs every retry at WARN (with a backtrace when RUST_BACKTRACE
+    // is set); ovfs logs the errors that matter itself, so OpenDAL is held to
+    // ERROR unless a verbose level is asked for. A level stricter than WARN
+    // applies to every crate.
+    let spec = match level.as_deref() {
+        Some(l @ ("error" | "off")) => l.to_string(),
+        Some(l @ ("debug" | "trace")) => format!("ovfs={l},opendal=warn,warn"),
+        Some(l) => format!("ovfs={l},opendal=error,warn"),
+        None => std::env::var("RUST_LOG").unwrap_or_else(|_| "ovfs=info,opendal=error,warn".to_string()),
     };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ovfs=info,opendal=error,warn"));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -864,10 +864,17 @@ impl Backend {
                 Ok(mut l) => l.try_next().await.map(|_| ()),
                 Err(e) => Err(e),
             };
-            match first {
-                Err(e) if e.kind() != opendal::ErrorKind::NotFound => Err(self.err("check", "", e)),
-                _ => Ok(()),
-            }
+            // A root that answers "not found" (no such bucket, or an endpoint
+            // that is not the service at all) is as unusable as one that
+            // does not answer.
+            first.map_err(|e| {
+                let msg = format!(
+                    "{} back-end unusable (listing its root failed): {}",
+                    self.inner.scheme,
+                    describe(&e)
+                );
+                Error::new(map_kind(&e), redact_with(&self.inner.secrets, msg))
+            })
         })
         .await
     }
