@@ -83,6 +83,12 @@ struct Snapshot {
 struct FileState {
     staged: Option<Staged>,
     dirty: bool,
+    /// The only change not uploaded yet is the emptying done by CREATE or
+    /// an O_TRUNC open. FLUSH then does not upload: `cmd > file` (open with
+    /// O_TRUNC, dup2, close, write...) would otherwise replace the object
+    /// with an empty one before the first byte is written. RELEASE and FSYNC
+    /// upload it.
+    opened_empty: bool,
 }
 
 /// Per-node state shared by all handles of an open file.
@@ -221,7 +227,7 @@ impl ObjectFs {
         let mut g = self.lock_open();
         let e = g.entry(nodeid).or_insert_with(|| {
             let f = OpenFile {
-                state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false }),
+                state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false, opened_empty: false }),
                 snap: Mutex::new(init()),
             };
             (Arc::new(f), 0)
@@ -402,6 +408,7 @@ impl ObjectFs {
             w.close().await?;
         }
         st.dirty = false;
+        st.opened_empty = false;
         file.update(|x| x.in_backend = true);
         tracing::debug!(path = %path, size, "uploaded");
         Ok(())
@@ -464,7 +471,8 @@ impl ObjectFs {
         }))
     }
 
-    async fn truncate(&self, nodeid: u64, file: &OpenFile, size: u64) -> Result<()> {
+    /// Set a file's size; `from_open` for the emptying of an O_TRUNC open.
+    async fn truncate(&self, nodeid: u64, file: &OpenFile, size: u64, from_open: bool) -> Result<()> {
         if size > self.opts.max_file_size {
             return Err(Errno::EFBIG);
         }
@@ -477,6 +485,7 @@ impl ObjectFs {
         if let Some(s) = st.staged.as_mut() {
             s.truncate(size).map_err(io_err)?;
         }
+        st.opened_empty = from_open && (st.opened_empty || !st.dirty);
         st.dirty = true;
         file.update(|x| {
             x.staged = true;
@@ -618,7 +627,7 @@ impl Filesystem for ObjectFs {
                 return Err(Errno::EISDIR);
             }
             let file = self.open_node(nodeid, &path, true).await?;
-            let r = match self.truncate(nodeid, &file, size).await {
+            let r = match self.truncate(nodeid, &file, size, false).await {
                 Ok(()) if a.fh.is_none() => self.upload(nodeid, &file).await,
                 r => r,
             };
@@ -660,6 +669,7 @@ impl Filesystem for ObjectFs {
                     let mut st = f.state.lock().await;
                     f.update(|x| apply(&mut x.posix));
                     st.dirty = true;
+                    st.opened_empty = false;
                 } else {
                     let mut p = self.backend.lookup(&path).await?.posix;
                     if p.mode.is_none() {
@@ -681,6 +691,9 @@ impl Filesystem for ObjectFs {
         if self.exists(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
+        // On object stores the marker keeps no metadata: the requested mode
+        // is shown until the attribute TTL expires, then the default (see
+        // SEMANTICS.md); showing it now keeps `mkdir -m` from failing.
         let posix = self.new_posix(ctx, libc::S_IFDIR | (mode & 0o7777));
         self.backend.create_dir_with(&path, &posix).await?;
         let id = self.inodes.lookup(&path, Kind::Dir);
@@ -795,7 +808,7 @@ impl Filesystem for ObjectFs {
         let writable = acc != libc::O_RDONLY;
         let file = self.open_node(nodeid, &path, writable).await?;
         if writable && flags as i32 & libc::O_TRUNC != 0 {
-            if let Err(e) = self.truncate(nodeid, &file, 0).await {
+            if let Err(e) = self.truncate(nodeid, &file, 0, true).await {
                 self.release_ref(nodeid);
                 return Err(e);
             }
@@ -849,6 +862,7 @@ impl Filesystem for ObjectFs {
                 }
             }
             st.dirty = true;
+            st.opened_empty = true;
         }
         let writable = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable });
@@ -886,6 +900,7 @@ impl Filesystem for ObjectFs {
             s.write(offset, data).map_err(io_err)?;
             let size = s.size();
             st.dirty = true;
+            st.opened_empty = false;
             h.file.update(|x| {
                 x.size = size;
                 x.mtime = now();
@@ -902,6 +917,10 @@ impl Filesystem for ObjectFs {
 
     async fn flush(&self, _ctx: &Ctx, nodeid: u64, fh: u64) -> Result<()> {
         let h = self.file_handle(nodeid, fh)?;
+        if h.file.state.lock().await.opened_empty {
+            // Only the open-time emptying is pending: RELEASE uploads it.
+            return Ok(());
+        }
         self.upload(nodeid, &h.file).await
     }
 
@@ -965,13 +984,17 @@ impl Filesystem for ObjectFs {
                 break;
             }
             used += size;
-            let typ = kind.dirent_type();
+            // A listing without POSIX metadata (S3) cannot tell a symlink or
+            // a FIFO from a regular file: say "unknown" and let the kernel
+            // LOOKUP it, rather than hand out an inode of the wrong type.
+            let typed = i < 2 || kind == Kind::Dir || self.caps.listing_has_posix;
+            let typ = if typed { kind.dirent_type() } else { libc::DT_UNKNOWN as u32 };
             let mut e = DirEntry { ino: u64::MAX, offset: i + 1, typ, name: name.into_bytes(), entry: None };
             if i < 2 {
                 e.ino = nodeid;
             } else {
                 let child = join(&path, std::str::from_utf8(&e.name).unwrap_or_default());
-                if plus {
+                if plus && typed {
                     let id = self.inodes.lookup(&child, kind);
                     let attr = match (self.open_file(id).map(|f| f.snap()), meta) {
                         (Some(s), _) if s.staged || !s.in_backend => self.attr_from_snap(id, &s),
@@ -981,8 +1004,8 @@ impl Filesystem for ObjectFs {
                     e.ino = id;
                     let mut en = self.entry(id, attr);
                     if !self.caps.listing_has_posix {
-                        // The listing carries no mode/owner: let the kernel
-                        // ask (GETATTR) before trusting these attributes.
+                        // A directory's mode/owner are not in the listing:
+                        // let the kernel ask (GETATTR) before trusting them.
                         en.attr_valid = Duration::ZERO;
                     }
                     e.entry = Some(en);
