@@ -868,11 +868,8 @@ impl Backend {
             // that is not the service at all) is as unusable as one that
             // does not answer.
             first.map_err(|e| {
-                let msg = format!(
-                    "{} back-end unusable (listing its root failed): {}",
-                    self.inner.scheme,
-                    describe(&e)
-                );
+                let msg =
+                    format!("{} back-end unusable (listing its root failed): {}", self.inner.scheme, describe(&e));
                 Error::new(map_kind(&e), redact_with(&self.inner.secrets, msg))
             })
         })
