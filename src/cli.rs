@@ -17,6 +17,7 @@ use crate::fuse::{Server, ServerOptions};
 use crate::transport::fusedev::{self, FuseMount, MountOptions};
 use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
+use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
 use crate::vfs::{ObjectFs, ObjectFsOptions};
 
 /// Exit status for bad configuration or usage.
@@ -79,6 +80,16 @@ pub struct Common {
     /// Debug logging (same as --log-level debug).
     #[arg(short = 'd', long = "debug", global = true)]
     pub debug: bool,
+
+    // --- passthrough (vfs::passthrough) ---
+    /// Serve --shared-dir as a host passthrough tree (full POSIX: owners,
+    /// modes, symlinks, special files) instead of through the OpenDAL fs back-end.
+    #[arg(long, global = true)]
+    pub passthrough: bool,
+
+    /// With --passthrough: serve extended attributes (else ENOSYS).
+    #[arg(long, global = true)]
+    pub xattr: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +163,20 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
 }
 
+// --- passthrough (vfs::passthrough) ---
+/// `--shared-dir DIR --passthrough`: DIR served by [`PassthroughFs`].
+pub fn build_passthrough(c: &Common, cfg: &Config) -> Result<Arc<dyn RequestHandler>, String> {
+    let dir = c.shared_dir.as_ref().ok_or("--passthrough needs --shared-dir DIR")?;
+    let opts = PassthroughOptions {
+        attr_timeout: cfg.cache_settings.attr_timeout,
+        entry_timeout: cfg.cache_settings.entry_timeout,
+        xattr: c.xattr,
+        ..Default::default()
+    };
+    let fs = PassthroughFs::new(dir, opts).map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?;
+    Ok(Arc::new(Server::new(fs, ServerOptions::default())))
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ovfs-worker").build()
 }
@@ -181,24 +206,35 @@ pub fn main() -> i32 {
         }
     };
     match &cli.command {
-        Some(Command::Mount { mountpoint }) => run_mount(&cfg, mountpoint, &rt),
+        Some(Command::Mount { mountpoint }) => run_mount(&cfg, &cli.common, mountpoint, &rt),
         None => run_vhost_user(&cli, &cfg, &rt),
     }
 }
 
-fn run_mount(cfg: &Config, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
-    let (server, backend) = match build_server(cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ovfs: {e}");
+fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
+    let handler: Arc<dyn RequestHandler> = if common.passthrough {
+        match build_passthrough(common, cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ovfs: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    } else {
+        let (server, backend) = match build_server(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ovfs: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        // Fail fast on an unusable back-end before mounting.
+        if let Err(e) = rt.block_on(backend.check()) {
+            eprintln!("ovfs: back-end check failed: {e}");
             return EXIT_CONFIG;
         }
+        server
     };
-    // Fail fast on an unusable back-end before mounting.
-    if let Err(e) = rt.block_on(backend.check()) {
-        eprintln!("ovfs: back-end check failed: {e}");
-        return EXIT_CONFIG;
-    }
     let mount = match FuseMount::mount(mountpoint, MountOptions::default()) {
         Ok(m) => m,
         Err(e) => {
@@ -223,7 +259,6 @@ fn run_mount(cfg: &Config, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i
             tracing::error!(error = %e, "unmount failed");
         }
     });
-    let handler: Arc<dyn RequestHandler> = server;
     match mount.serve(handler, rt.handle().clone()) {
         Ok(()) => {
             tracing::info!("unmounted");
@@ -246,28 +281,38 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             return EXIT_CONFIG;
         }
     };
-    let (server, b) = match build_server(cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ovfs: {e}");
-            return EXIT_CONFIG;
+    let handler: Arc<dyn RequestHandler> = if cli.common.passthrough {
+        match build_passthrough(&cli.common, cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ovfs: {e}");
+                return EXIT_CONFIG;
+            }
         }
+    } else {
+        let (server, b) = match build_server(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ovfs: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        // No back-end round trip before accepting (VMMs and Kata give little
+        // time): check reachability in the background and log the outcome.
+        rt.spawn(async move {
+            match b.check().await {
+                Ok(()) => tracing::info!(scheme = b.scheme(), "back-end reachable"),
+                Err(e) => tracing::error!(scheme = b.scheme(), error = %e, "back-end check failed; requests will fail until it recovers"),
+            }
+        });
+        server
     };
-    // No back-end round trip before accepting (VMMs and Kata give little
-    // time): check reachability in the background and log the outcome.
-    rt.spawn(async move {
-        match b.check().await {
-            Ok(()) => tracing::info!(scheme = b.scheme(), "back-end reachable"),
-            Err(e) => tracing::error!(scheme = b.scheme(), error = %e, "back-end check failed; requests will fail until it recovers"),
-        }
-    });
     let opts = VhostUserOptions {
         tag: cli.tag.clone().or_else(|| cfg.socket_settings.tag.clone()),
         num_request_queues: cli.num_request_queues.or(cfg.socket_settings.num_request_queues).unwrap_or(1),
         keep_serving: cli.keep_serving,
         ..VhostUserOptions::default()
     };
-    let handler: Arc<dyn RequestHandler> = server;
     match vhost_user::serve(listen, handler, opts, rt.handle().clone()) {
         Ok(()) => 0,
         Err(e) => {

@@ -218,3 +218,20 @@ async fn readdirplus_lookup_counts_balance() {
     }
     assert_eq!(s.filesystem().counts().0, base);
 }
+
+/// SETXATTR's argument is 8 bytes unless FUSE_SETXATTR_EXT was agreed: the
+/// name must be read right after them (here the object store answers ENOSYS
+/// for xattrs, but a misread name would be EINVAL first).
+#[tokio::test]
+async fn setxattr_layout_follows_negotiation() {
+    let s = ready().await; // INIT without FUSE_SETXATTR_EXT
+    let x8 = [5u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    let r = client::request(Opcode::Setxattr, 80, 1, &[&x8, b"user.k\0", b"value"]);
+    assert_eq!(errno(&s, &r).await, libc::ENOSYS);
+    // The same request read as the 16-byte form would swallow the name.
+    let s2 = server();
+    call(&s2, &client::init(2, abi::FUSE_SETXATTR_EXT)).await.unwrap();
+    let x16 = abi::fuse_setxattr_in { size: 5, ..Default::default() };
+    let r = client::request(Opcode::Setxattr, 81, 1, &[x16.as_bytes(), b"user.k\0", b"value"]);
+    assert_eq!(errno(&s2, &r).await, libc::ENOSYS);
+}

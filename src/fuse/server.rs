@@ -7,7 +7,7 @@
 //! INTERRUPT; the lock guarding that table is never held across `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,13 +50,21 @@ pub struct Server<F> {
     fs: F,
     opts: ServerOptions,
     initialized: AtomicBool,
+    /// INIT flags agreed with the kernel (some change request layouts).
+    negotiated: AtomicU64,
     /// In-flight cancellable requests by `unique`.
     inflight: Mutex<HashMap<u64, AbortHandle>>,
 }
 
 impl<F: Filesystem> Server<F> {
     pub fn new(fs: F, opts: ServerOptions) -> Self {
-        Server { fs, opts, initialized: AtomicBool::new(false), inflight: Mutex::new(HashMap::new()) }
+        Server {
+            fs,
+            opts,
+            initialized: AtomicBool::new(false),
+            negotiated: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn filesystem(&self) -> &F {
@@ -283,7 +291,14 @@ impl<F: Filesystem> Server<F> {
                 empty(fs.fsyncdir(ctx, nodeid, a.fh, a.fsync_flags & abi::FUSE_FSYNC_FDATASYNC != 0).await?)
             }
             Opcode::Setxattr => {
-                let a: abi::fuse_setxattr_in = r.read_compat(abi::FUSE_COMPAT_SETXATTR_IN_SIZE)?;
+                // The 16-byte form only when FUSE_SETXATTR_EXT was agreed;
+                // otherwise the kernel sends 8 bytes and the name follows.
+                let a: abi::fuse_setxattr_in = if self.negotiated.load(Ordering::Acquire) & abi::FUSE_SETXATTR_EXT != 0 {
+                    r.read()?
+                } else {
+                    let b = r.bytes(abi::FUSE_COMPAT_SETXATTR_IN_SIZE)?;
+                    abi::fuse_setxattr_in::from_prefix(&[b, &[0u8; 8]].concat()).ok_or(Errno::EINVAL)?
+                };
                 let name = r.cstr()?;
                 let value = r.bytes(a.size as usize)?;
                 empty(fs.setxattr(ctx, nodeid, name, value, a.flags).await?)
@@ -375,6 +390,7 @@ impl<F: Filesystem> Server<F> {
             flags2: (flags >> 32) as u32,
             ..Default::default()
         };
+        self.negotiated.store(flags, Ordering::Release);
         self.initialized.store(true, Ordering::Release);
         tracing::info!(minor = i.minor, flags = format_args!("{flags:#x}"), "FUSE session initialised");
         Ok(reply::ok(unique, &out))

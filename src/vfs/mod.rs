@@ -9,6 +9,7 @@
 pub mod handle;
 pub mod inode;
 pub mod object;
+pub mod passthrough;
 pub mod staging;
 
 use crate::backend::ErrorKind;
