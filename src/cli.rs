@@ -5,6 +5,14 @@
 //! `ovfs [--config FILE | --shared-dir DIR] (--socket-path S | --fd N)` serves
 //! virtio-fs over vhost-user; `ovfs mount [--config FILE] MOUNTPOINT` mounts
 //! the same server on the host through `/dev/fuse`.
+//!
+//! virtiofsd compatibility (Kata's two runtimes start the daemon with
+//! virtiofsd's command lines, see docs/KATA.md): `-o a,b=c` legacy options are
+//! rewritten to the long flags before parsing (`source=`, `cache=`,
+//! `announce_submounts`, `xattr`, `config=`, ...); `--syslog`, `--cache`,
+//! `--print-capabilities`, `-f` are served; flags that only tune virtiofsd's
+//! own internals (`--sandbox`, `--seccomp`, `--thread-pool-size`,
+//! `--inode-file-handles`, ...) are accepted with a warning.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,9 +66,177 @@ pub struct Cli {
     #[arg(long)]
     pub keep_serving: bool,
 
-    /// Accepted for virtiofsd compatibility; ovfs sizes its own task pool.
-    #[arg(long, value_name = "N")]
-    pub thread_pool_size: Option<usize>,
+    /// Print the vhost-user back-end capabilities (JSON, as virtiofsd) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Deprecated spelling of --socket-path (virtiofsd).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub socket: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub compat: Compat,
+}
+
+/// virtiofsd flags that tune only virtiofsd's own internals: accepted (so
+/// Kata's command lines work unchanged) and reported with a warning.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Compat {
+    #[arg(long, value_name = "N", hide = true)]
+    pub thread_pool_size: Option<String>,
+    #[arg(long, value_name = "MODE", hide = true)]
+    pub sandbox: Option<String>,
+    #[arg(long, value_name = "ACTION", hide = true)]
+    pub seccomp: Option<String>,
+    #[arg(long, value_name = "WHEN", hide = true)]
+    pub inode_file_handles: Option<String>,
+    #[arg(long, value_name = "GROUP", hide = true)]
+    pub socket_group: Option<String>,
+    #[arg(long, value_name = "N", hide = true)]
+    pub rlimit_nofile: Option<String>,
+    #[arg(long, value_name = "CAPS", hide = true)]
+    pub modcaps: Option<String>,
+    #[arg(long, value_name = "MAP", hide = true)]
+    pub xattrmap: Option<String>,
+    #[arg(long, value_name = "MODE", hide = true, num_args = 0..=1, default_missing_value = "auto")]
+    pub posix_acl: Option<String>,
+    #[arg(long, hide = true)]
+    pub allow_direct_io: bool,
+    #[arg(long, hide = true)]
+    pub allow_mmap: bool,
+    #[arg(long, hide = true)]
+    pub writeback: bool,
+    #[arg(long, hide = true)]
+    pub killpriv_v2: bool,
+    #[arg(long, hide = true)]
+    pub no_killpriv_v2: bool,
+    #[arg(long, hide = true)]
+    pub security_label: bool,
+    #[arg(long, hide = true)]
+    pub preserve_noatime: bool,
+    #[arg(long, hide = true)]
+    pub no_readdirplus: bool,
+    #[arg(short = 'f', long = "foreground", hide = true)]
+    pub foreground: bool,
+}
+
+impl Compat {
+    /// The flags given that ovfs accepts but does not act on.
+    fn ignored(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let opts: [(&'static str, bool); 17] = [
+            ("--thread-pool-size", self.thread_pool_size.is_some()),
+            ("--sandbox", self.sandbox.is_some()),
+            ("--seccomp", self.seccomp.is_some()),
+            ("--inode-file-handles", self.inode_file_handles.is_some()),
+            ("--socket-group", self.socket_group.is_some()),
+            ("--rlimit-nofile", self.rlimit_nofile.is_some()),
+            ("--modcaps", self.modcaps.is_some()),
+            ("--xattrmap", self.xattrmap.is_some()),
+            ("--posix-acl", self.posix_acl.is_some()),
+            ("--allow-direct-io", self.allow_direct_io),
+            ("--allow-mmap", self.allow_mmap),
+            ("--writeback", self.writeback),
+            ("--killpriv-v2", self.killpriv_v2),
+            ("--no-killpriv-v2", self.no_killpriv_v2),
+            ("--security-label", self.security_label),
+            ("--preserve-noatime", self.preserve_noatime),
+            ("--no-readdirplus", self.no_readdirplus),
+        ];
+        for (name, given) in opts {
+            if given {
+                v.push(name);
+            }
+        }
+        v
+    }
+}
+
+/// virtiofsd's cache policies, mapped to the kernel's attribute/entry TTLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CachePolicy {
+    /// No caching: every access asks the daemon.
+    Never,
+    /// Metadata only (same TTLs as auto here).
+    Metadata,
+    /// 1 s TTLs (the default).
+    Auto,
+    /// Long TTLs (1 day): only for trees no one else changes.
+    Always,
+}
+
+impl CachePolicy {
+    fn ttl(self) -> std::time::Duration {
+        match self {
+            CachePolicy::Never => std::time::Duration::ZERO,
+            CachePolicy::Metadata | CachePolicy::Auto => std::time::Duration::from_secs(1),
+            CachePolicy::Always => std::time::Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// The JSON virtiofsd prints for `--print-capabilities` (QEMU's vhost-user
+/// back-end descriptors read it). ovfs takes separate `--k v` options.
+pub const CAPABILITIES_JSON: &str = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}";
+
+/// Rewrite virtiofsd's legacy `-o a,b=c` options (also `-oa,b`) into long
+/// flags. Unknown options are an error; options that only tune virtiofsd's
+/// internals become warnings.
+pub fn expand_legacy_options(args: Vec<std::ffi::OsString>) -> Result<(Vec<std::ffi::OsString>, Vec<String>), String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut warnings = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(argv0) = it.next() {
+        out.push(argv0);
+    }
+    while let Some(a) = it.next() {
+        let Some(text) = a.to_str() else {
+            out.push(a);
+            continue;
+        };
+        let list = if text == "-o" {
+            match it.next() {
+                Some(v) => v.to_str().ok_or("-o: options must be UTF-8")?.to_string(),
+                None => return Err("-o needs a value".into()),
+            }
+        } else if let Some(rest) = text.strip_prefix("-o").filter(|r| !r.is_empty() && !text.starts_with("--")) {
+            rest.to_string()
+        } else {
+            out.push(a);
+            continue;
+        };
+        for opt in list.split(',').filter(|o| !o.is_empty()) {
+            let (k, v) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let flag = |name: &str| -> Vec<std::ffi::OsString> {
+                match v {
+                    Some(v) => vec![format!("--{name}").into(), v.into()],
+                    None => vec![format!("--{name}").into()],
+                }
+            };
+            match (k, v) {
+                ("source", Some(_)) => out.extend(flag("shared-dir")),
+                ("cache", Some(_)) => out.extend(flag("cache")),
+                ("config", Some(_)) => out.extend(flag("config")),
+                ("log_level", Some(_)) => out.extend(flag("log-level")),
+                ("announce_submounts", None) => out.push("--announce-submounts".into()),
+                ("no_announce_submounts", None) => out.push("--no-announce-submounts".into()),
+                ("xattr", None) => out.push("--xattr".into()),
+                ("no_xattr", None) => {}
+                (
+                    "flock" | "no_flock" | "posix_lock" | "no_posix_lock" | "writeback" | "no_writeback"
+                    | "readdirplus" | "no_readdirplus" | "allow_direct_io" | "no_allow_direct_io" | "killpriv_v2"
+                    | "no_killpriv_v2" | "posix_acl" | "no_posix_acl" | "security_label" | "no_security_label"
+                    | "sandbox" | "seccomp" | "modcaps" | "timeout" | "thread_pool_size" | "xattrmap",
+                    _,
+                ) => warnings.push(format!("-o {opt}: virtiofsd option ignored by ovfs")),
+                _ => return Err(format!("-o {opt}: unknown option")),
+            }
+        }
+    }
+    Ok((out, warnings))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -80,6 +256,24 @@ pub struct Common {
     /// Debug logging (same as --log-level debug).
     #[arg(short = 'd', long = "debug", global = true)]
     pub debug: bool,
+
+    /// Log to syslog (daemon facility) instead of stderr. The readiness line
+    /// `Waiting for vhost-user socket connection...` still goes to stderr.
+    #[arg(long, global = true)]
+    pub syslog: bool,
+
+    /// Cache policy (virtiofsd's): sets the kernel's attribute and entry
+    /// TTLs, overriding [cache_settings] attr_timeout/entry_timeout.
+    #[arg(long, global = true, value_enum, value_name = "POLICY")]
+    pub cache: Option<CachePolicy>,
+
+    /// Mark host mount points inside --shared-dir as submounts (passthrough).
+    #[arg(long, global = true, overrides_with = "no_announce_submounts")]
+    pub announce_submounts: bool,
+
+    /// Do not mark host mount points as submounts.
+    #[arg(long, global = true, overrides_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
 
     // --- passthrough (vfs::passthrough) ---
     /// Serve --shared-dir as a host passthrough tree (full POSIX: owners,
@@ -117,11 +311,51 @@ fn init_logging(c: &Common) {
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ovfs=info,opendal=error,warn"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    if c.syslog {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(|| SyslogWriter)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// Sends each formatted log record to syslog(3).
+struct SyslogWriter;
+
+impl std::io::Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        static OPEN: std::sync::Once = std::sync::Once::new();
+        OPEN.call_once(|| {
+            // SAFETY: the ident is a static NUL-terminated string that lives
+            // for the whole process, as openlog requires.
+            unsafe { libc::openlog(c"ovfs".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_DAEMON) };
+        });
+        let text = String::from_utf8_lossy(buf);
+        let level = if text.contains("ERROR") {
+            libc::LOG_ERR
+        } else if text.contains("WARN") {
+            libc::LOG_WARNING
+        } else {
+            libc::LOG_INFO
+        };
+        if let Ok(msg) = std::ffi::CString::new(text.trim_end().replace('\0', " ")) {
+            // SAFETY: "%s" with one valid NUL-terminated string argument.
+            unsafe { libc::syslog(level, c"%s".as_ptr(), msg.as_ptr()) };
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Load the configuration named on the command line (or the embedded
@@ -139,6 +373,10 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
         let mut options = std::collections::BTreeMap::new();
         options.insert("root".to_string(), root.to_string());
         cfg.storage_settings = StorageSettings { service: "fs".into(), options };
+    }
+    if let Some(policy) = c.cache {
+        cfg.cache_settings.attr_timeout = policy.ttl();
+        cfg.cache_settings.entry_timeout = policy.ttl();
     }
     Ok(cfg)
 }
@@ -171,7 +409,7 @@ pub fn build_passthrough(c: &Common, cfg: &Config) -> Result<Arc<dyn RequestHand
         attr_timeout: cfg.cache_settings.attr_timeout,
         entry_timeout: cfg.cache_settings.entry_timeout,
         xattr: c.xattr,
-        ..Default::default()
+        announce_submounts: c.announce_submounts && !c.no_announce_submounts,
     };
     let fs = PassthroughFs::new(dir, opts).map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?;
     Ok(Arc::new(Server::new(fs, ServerOptions::default())))
@@ -183,14 +421,31 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Entry point; returns the process exit status.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let (args, legacy_warnings) = match expand_legacy_options(std::env::args_os().collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ovfs: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { EXIT_CONFIG } else { 0 };
         }
     };
+    if cli.print_capabilities {
+        println!("{CAPABILITIES_JSON}");
+        return 0;
+    }
     init_logging(&cli.common);
+    for w in legacy_warnings {
+        tracing::warn!("{w}");
+    }
+    for flag in cli.compat.ignored() {
+        tracing::warn!("{flag}: tunes virtiofsd's internals; ignored by ovfs");
+    }
     let cfg = match load_config(&cli.common) {
         Ok(c) => c,
         Err(e) => {
@@ -273,7 +528,8 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
 }
 
 fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 {
-    let listen = match (cli.fd, cli.socket_path.clone().or_else(|| cfg.socket_settings.socket_path.clone())) {
+    let socket = cli.socket_path.clone().or_else(|| cli.socket.clone());
+    let listen = match (cli.fd, socket.or_else(|| cfg.socket_settings.socket_path.clone())) {
         (Some(fd), _) => Listen::Fd(fd),
         (None, Some(p)) => Listen::SocketPath(p),
         (None, None) => {
@@ -319,5 +575,84 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             eprintln!("ovfs: vhost-user: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (Cli, Vec<String>) {
+        let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.into()).collect();
+        let (args, warnings) = expand_legacy_options(args).expect("legacy options");
+        (Cli::try_parse_from(args).expect("parse"), warnings)
+    }
+
+    #[test]
+    fn go_runtime_command_line() {
+        let (c, w) = parse(&[
+            "ovfs",
+            "--syslog",
+            "--cache=auto",
+            "--shared-dir=/run/kata-containers/shared/sandboxes/sid/shared",
+            "--fd=3",
+            "--thread-pool-size=1",
+            "--announce-submounts",
+        ]);
+        assert!(w.is_empty());
+        assert!(c.common.syslog && c.common.announce_submounts);
+        assert_eq!(c.common.cache, Some(CachePolicy::Auto));
+        assert_eq!(c.fd, Some(3));
+        assert_eq!(c.common.shared_dir.as_deref(), Some(Path::new("/run/kata-containers/shared/sandboxes/sid/shared")));
+        assert_eq!(c.compat.ignored(), vec!["--thread-pool-size"]);
+    }
+
+    #[test]
+    fn runtime_rs_command_line() {
+        let (c, _) = parse(&[
+            "ovfs",
+            "--socket-path",
+            "/run/kata/sid/root/virtiofsd.sock",
+            "--shared-dir",
+            "/run/kata-containers/shared/sandboxes/sid/ro",
+            "--cache",
+            "never",
+            "--thread-pool-size=1",
+            "-o",
+            "announce_submounts",
+            "--xattr",
+        ]);
+        assert_eq!(c.socket_path.as_deref(), Some(Path::new("/run/kata/sid/root/virtiofsd.sock")));
+        assert_eq!(c.common.cache, Some(CachePolicy::Never));
+        assert!(c.common.announce_submounts && c.common.xattr);
+    }
+
+    #[test]
+    fn legacy_options_and_last_flag_wins() {
+        let (c, w) = parse(&["ovfs", "-o", "source=/a,cache=always,xattr,flock", "--shared-dir", "/b", "-oconfig=/c.toml"]);
+        assert_eq!(c.common.shared_dir.as_deref(), Some(Path::new("/b")), "the last --shared-dir wins");
+        assert_eq!(c.common.cache, Some(CachePolicy::Always));
+        assert_eq!(c.common.config.as_deref(), Some(Path::new("/c.toml")));
+        assert!(c.common.xattr);
+        assert_eq!(w.len(), 1, "flock is ignored with a warning: {w:?}");
+        let (c, _) = parse(&["ovfs", "--cache", "never", "--cache=always", "--log-level", "info", "--log-level=debug"]);
+        assert_eq!(c.common.cache, Some(CachePolicy::Always));
+        assert_eq!(c.common.log_level.as_deref(), Some("debug"));
+        let (c, _) = parse(&["ovfs", "--announce-submounts", "--no-announce-submounts"]);
+        assert!(!c.common.announce_submounts || c.common.no_announce_submounts);
+    }
+
+    #[test]
+    fn bad_legacy_options_are_refused() {
+        for bad in [vec!["ovfs", "-o", "bogus"], vec!["ovfs", "-o"], vec!["ovfs", "-osource"]] {
+            let args: Vec<std::ffi::OsString> = bad.iter().map(|a| a.into()).collect();
+            assert!(expand_legacy_options(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn capabilities_are_valid_json_of_type_fs() {
+        let v = CAPABILITIES_JSON.replace(char::is_whitespace, "");
+        assert_eq!(v, r#"{"type":"fs","features":["separate-options"]}"#);
     }
 }
