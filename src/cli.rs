@@ -20,6 +20,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backend::Backend;
+use crate::cache::{BlockCache, CacheConfig, Pool};
 use crate::config::{Config, StorageSettings};
 use crate::fuse::{Server, ServerOptions};
 use crate::transport::fusedev::{self, FuseMount, MountOptions};
@@ -397,7 +398,14 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
         rename_dir_limit: b.rename_dir_limit,
         ..Default::default()
     };
-    let fs = ObjectFs::new(backend.clone(), opts);
+    let mut fs = ObjectFs::new(backend.clone(), opts);
+    if c.enabled_cache {
+        let pool = Pool::with_limit(c.memory_limit).map_err(|e| format!("cache: cannot create the memory pool: {e}"))?;
+        let ttl = c.enabled_cache_expiration.then_some(c.cache_expiration_time);
+        let cache = BlockCache::new(pool, CacheConfig { ttl, ..CacheConfig::default() })
+            .map_err(|e| format!("cache: {e}"))?;
+        fs = fs.with_cache(cache);
+    }
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
 }
 

@@ -61,6 +61,9 @@ pub struct CacheSettings {
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub negative_timeout: Duration,
+    /// Bound on the data cache's memory (memfd pool), bytes; a byte count or
+    /// a string like `"256MiB"` (default 256 MiB, at least 4 MiB).
+    pub memory_limit: usize,
 }
 
 impl Default for CacheSettings {
@@ -73,6 +76,7 @@ impl Default for CacheSettings {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::from_secs(0),
+            memory_limit: 256 << 20,
         }
     }
 }
@@ -462,6 +466,12 @@ fn parse_cache(t: toml::Table) -> Result<CacheSettings, ConfigError> {
             "attr_timeout" => c.attr_timeout = get_duration(S, k, v)?,
             "entry_timeout" => c.entry_timeout = get_duration(S, k, v)?,
             "negative_timeout" => c.negative_timeout = get_duration(S, k, v)?,
+            "memory_limit" => {
+                c.memory_limit = get_size(S, k, v)?;
+                if c.memory_limit < 4 << 20 {
+                    return Err(ConfigError::new(format!("{S}.memory_limit: must be at least 4MiB")));
+                }
+            }
             _ => return Err(unknown_key(S, k)),
         }
     }

@@ -7,6 +7,7 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod fuse;

@@ -235,3 +235,38 @@ async fn setxattr_layout_follows_negotiation() {
     let r = client::request(Opcode::Setxattr, 81, 1, &[x16.as_bytes(), b"user.k\0", b"value"]);
     assert_eq!(errno(&s2, &r).await, libc::ENOSYS);
 }
+
+/// Reads of an unchanged object are served from the block cache (one fetch
+/// per 2 MiB block), and a new version of the object is never served stale.
+#[tokio::test]
+async fn reads_come_from_the_block_cache() {
+    let s = ready().await;
+    let r = call(&s, &client::create(90, 1, "cached", 0o100644, libc::O_RDWR as u32)).await.unwrap();
+    let e: abi::fuse_entry_out = r.get().unwrap();
+    let fh = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap().fh;
+    let v1 = vec![1u8; 300_000];
+    call(&s, &client::write(91, e.nodeid, fh, 0, &v1)).await.unwrap();
+    assert_eq!(errno(&s, &client::release(92, e.nodeid, fh)).await, 0);
+    let before = s.filesystem().cache_stats().expect("cache on by default");
+    for round in 0..3u64 {
+        let o = call(&s, &client::open(93 + round, e.nodeid, libc::O_RDONLY as u32)).await.unwrap();
+        let fh = o.get::<abi::fuse_open_out>().unwrap().fh;
+        for off in [0u64, 65536, 131072] {
+            let r = call(&s, &client::read(100, e.nodeid, fh, off, 65536)).await.unwrap();
+            assert_eq!(r.body, v1[off as usize..off as usize + 65536]);
+        }
+        call(&s, &client::release(101, e.nodeid, fh)).await.unwrap();
+    }
+    let after = s.filesystem().cache_stats().unwrap();
+    assert_eq!(after.misses - before.misses, 1, "one fetch for the block: {after:?}");
+    assert!(after.hits - before.hits >= 8, "{after:?}");
+    // Rewrite the object: the next open must see the new bytes.
+    let o = call(&s, &client::open(110, e.nodeid, libc::O_RDWR as u32 | libc::O_TRUNC as u32)).await.unwrap();
+    let fh = o.get::<abi::fuse_open_out>().unwrap().fh;
+    call(&s, &client::write(111, e.nodeid, fh, 0, &[2u8; 1000])).await.unwrap();
+    assert_eq!(errno(&s, &client::release(112, e.nodeid, fh)).await, 0);
+    let o = call(&s, &client::open(113, e.nodeid, libc::O_RDONLY as u32)).await.unwrap();
+    let fh = o.get::<abi::fuse_open_out>().unwrap().fh;
+    let r = call(&s, &client::read(114, e.nodeid, fh, 0, 4096)).await.unwrap();
+    assert_eq!(r.body, vec![2u8; 1000]);
+}

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::handle::HandleTable;
+use crate::cache::{BlockCache, Lookup, Version};
 use super::inode::{InodeTable, Kind};
 use super::staging::Staged;
 use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, PosixMeta};
@@ -77,6 +78,10 @@ struct Snapshot {
     size: u64,
     mtime: SystemTime,
     posix: PosixMeta,
+    /// The object's version (etag, else size and mtime) when it was opened:
+    /// cached blocks of another version are not served (close-to-open
+    /// consistency with other writers).
+    version: Option<Version>,
 }
 
 #[derive(Debug)]
@@ -141,6 +146,8 @@ pub struct ObjectFs {
     /// Time shown for objects the back-end gives no time for (the root,
     /// implied directories): when this daemon started.
     started: SystemTime,
+    /// Data blocks read from the back-end (memfd pool), keyed by node id.
+    cache: Option<BlockCache>,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -193,7 +200,21 @@ impl ObjectFs {
             dirs: HandleTable::default(),
             open: Mutex::new(HashMap::new()),
             started: now(),
+            cache: None,
         }
+    }
+
+    /// Serve reads of unmodified files from `cache` (blocks of
+    /// `cache.block_size()` bytes, fetched whole: a sequential reader makes
+    /// one back-end request per block).
+    pub fn with_cache(mut self, cache: BlockCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Data cache counters, when the cache is on (tests, metrics).
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
     }
 
     /// Live nodes, open file handles, open dir handles (tests, metrics).
@@ -410,6 +431,7 @@ impl ObjectFs {
         st.dirty = false;
         st.opened_empty = false;
         file.update(|x| x.in_backend = true);
+        self.forget_cached(nodeid);
         tracing::debug!(path = %path, size, "uploaded");
         Ok(())
     }
@@ -451,15 +473,23 @@ impl ObjectFs {
             // Already open: share its state.
             return Ok(self.acquire(nodeid, || f.snap()));
         }
-        // Writers need the object's metadata to keep it on rewrite.
-        let posix = if writable && self.caps.user_metadata {
+        // Writers need the object's metadata to keep it on rewrite; readers
+        // through the cache need its version.
+        let (posix, version) = if (writable && self.caps.user_metadata) || self.cache.is_some() {
             let m = self.backend.lookup(path).await?;
             if m.kind == EntryKind::Dir {
                 return Err(Errno::EISDIR);
             }
-            m.posix
+            let version: Version = match &m.etag {
+                Some(e) => e.as_str().into(),
+                None => {
+                    let t = m.mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
+                    format!("{}:{}", m.size, t.as_nanos()).into()
+                }
+            };
+            (if writable { m.posix } else { PosixMeta::default() }, Some(version))
         } else {
-            PosixMeta::default()
+            (PosixMeta::default(), None)
         };
         Ok(self.acquire(nodeid, || Snapshot {
             staged: false,
@@ -468,6 +498,7 @@ impl ObjectFs {
             size: 0,
             mtime: now(),
             posix,
+            version,
         }))
     }
 
@@ -582,6 +613,63 @@ impl ObjectFs {
         Ok(self.entry(id, self.attr_from_meta(id, &meta)))
     }
 
+    /// Read `[offset, offset + size)` through the block cache: blocks of the
+    /// open-time `version` are served from memory, others fetched whole.
+    async fn read_cached(
+        &self,
+        cache: &BlockCache,
+        nodeid: u64,
+        path: &str,
+        version: &Version,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let bs = cache.block_size() as u64;
+        let end = offset.saturating_add(size);
+        let mut out = Vec::with_capacity(size.min(bs * 2) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let boff = pos - pos % bs;
+            let at = (pos - boff) as usize;
+            let want = (end - pos).min(bs - at as u64) as usize;
+            let start = out.len();
+            out.resize(start + want, 0);
+            let cached = match cache.get(nodeid, boff) {
+                Lookup::Hit(g) if g.version() == version => Some(g.read(at, &mut out[start..])),
+                Lookup::Stale(g, v) if &v == version => {
+                    cache.refresh(nodeid, boff, version);
+                    Some(g.read(at, &mut out[start..]))
+                }
+                _ => None,
+            };
+            let n = match cached {
+                Some(n) => n,
+                None => {
+                    let data = self.backend.read(path, boff, bs).await?;
+                    if let Err(e) = cache.insert(nodeid, boff, &data, version.clone()) {
+                        tracing::debug!(error = %e, "block not cached");
+                    }
+                    let n = data.len().saturating_sub(at).min(want);
+                    out[start..start + n].copy_from_slice(&data[at..at + n]);
+                    n
+                }
+            };
+            out.truncate(start + n);
+            if n < want {
+                break; // end of file
+            }
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    /// Drop a node's cached blocks (its object changed or is gone).
+    fn forget_cached(&self, nodeid: u64) {
+        if let Some(c) = &self.cache {
+            c.discard_range(nodeid, 0, u64::MAX);
+        }
+    }
+
     /// Upload a local file's pending bytes before a rename moves it.
     async fn settle(&self, path: &str) -> Result<()> {
         if let Some(id) = self.inodes.id_of(path) {
@@ -614,6 +702,10 @@ impl Filesystem for ObjectFs {
 
     fn forget(&self, nodeid: u64, nlookup: u64) {
         self.inodes.forget(nodeid, nlookup);
+        if self.cache.is_some() && self.inodes.get_any(nodeid).is_none() {
+            // Node ids are never reused: its blocks can never be read again.
+            self.forget_cached(nodeid);
+        }
     }
 
     async fn getattr(&self, _ctx: &Ctx, nodeid: u64, _fh: Option<u64>) -> Result<(abi::fuse_attr, Duration)> {
@@ -665,11 +757,15 @@ impl Filesystem for ObjectFs {
                     }
                 };
                 if let Some(f) = self.open_file(nodeid).filter(|f| f.snap().staged || !f.snap().in_backend) {
-                    // Carried by the next upload.
-                    let mut st = f.state.lock().await;
-                    f.update(|x| apply(&mut x.posix));
-                    st.dirty = true;
-                    st.opened_empty = false;
+                    // The staged copy is authoritative: change it and upload
+                    // now (a concurrent RELEASE may be dropping the state).
+                    {
+                        let mut st = f.state.lock().await;
+                        f.update(|x| apply(&mut x.posix));
+                        st.dirty = true;
+                        st.opened_empty = false;
+                    }
+                    self.upload(nodeid, &f).await?;
                 } else {
                     let mut p = self.backend.lookup(&path).await?.posix;
                     if p.mode.is_none() {
@@ -705,11 +801,16 @@ impl Filesystem for ObjectFs {
         if let Some((id, _)) = self.local_new_file(&path) {
             if let Some(f) = self.open_file(id) {
                 let mut st = f.state.lock().await;
-                st.dirty = false;
-                f.update(|x| x.unlinked = true);
+                // A RELEASE may have uploaded it while we waited for the lock:
+                // then it is deleted from the back-end below.
+                if !f.snap().in_backend {
+                    st.dirty = false;
+                    f.update(|x| x.unlinked = true);
+                    drop(st);
+                    self.inodes.unlink(&path);
+                    return Ok(());
+                }
             }
-            self.inodes.unlink(&path);
-            return Ok(());
         }
         let meta = self.backend.lookup(&path).await?;
         if meta.kind == EntryKind::Dir {
@@ -725,6 +826,9 @@ impl Filesystem for ObjectFs {
             }
         }
         self.backend.delete_file(&path).await?;
+        if let Some(id) = self.inodes.id_of(&path) {
+            self.forget_cached(id);
+        }
         self.inodes.unlink(&path);
         Ok(())
     }
@@ -848,7 +952,8 @@ impl Filesystem for ObjectFs {
         }
         let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
         let id = self.inodes.lookup(&path, Kind::File);
-        let snap = Snapshot { staged: true, in_backend: false, unlinked: false, size: 0, mtime: now(), posix };
+        let snap =
+            Snapshot { staged: true, in_backend: false, unlinked: false, size: 0, mtime: now(), posix, version: None };
         let file = self.acquire(id, || snap.clone());
         {
             let mut st = file.state.lock().await;
@@ -881,6 +986,9 @@ impl Filesystem for ObjectFs {
             }
         }
         let (path, _, _) = self.inodes.get_any(nodeid).ok_or(Errno::ENOENT)?;
+        if let (Some(cache), Some(version)) = (&self.cache, h.file.snap().version) {
+            return self.read_cached(cache, nodeid, &path, &version, offset, size as u64).await;
+        }
         Ok(self.backend.read(&path, offset, size as u64).await?.to_vec())
     }
 
