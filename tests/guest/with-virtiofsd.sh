@@ -5,7 +5,7 @@
 #
 #   1. build the initramfs images (basic, remount, pjdfstest)
 #   2. boot 1: basic.sh (transport acceptance), then verify.sh against the back-end directory
-#   3. boot 2: remount.sh (a fresh daemon and guest see the same tree)
+#   3. boot 2: remount.sh (a fresh daemon and guest see the same tree, with boot 1's SHA values)
 #   4. with --pjdfstest: boot 3 runs pjdfstest on a fresh directory; summarize.sh prints
 #      `pjdfstest: N passed, N failed, N skipped`
 # One daemon per boot (virtiofsd exits when the VMM disconnects).
@@ -116,7 +116,6 @@ bins=()
 [ "$do_pjd" = 1 ] && bins=(-b "$(command -v pjdfstest)" -b "$(command -v sleep)")
 if [ "$do_basic" = 1 ]; then
   "$here/build-initramfs.sh" -o "$W/basic.cpio.gz" -s "$here/scripts/basic.sh"
-  "$here/build-initramfs.sh" -o "$W/remount.cpio.gz" -s "$here/scripts/remount.sh"
 fi
 [ "$do_pjd" = 1 ] && "$here/build-initramfs.sh" -o "$W/pjdfstest.cpio.gz" -s "$here/scripts/pjdfstest.sh" "${bins[@]}"
 step_result "build initramfs" "$t" 0
@@ -134,6 +133,9 @@ if [ "$do_basic" = 1 ]; then
 
   if [ "$failed" = 0 ]; then
     t=$(now); rc=0
+    # boot 2 checks the tree against the SHA lines boot 1 printed, not only against MANIFEST
+    tr -d '\r' <"$W/basic.log" | grep -a -E '^SHA [^ ]+ [0-9a-f]{64}$' >"$W/basic.sha" || true
+    "$here/build-initramfs.sh" -o "$W/remount.cpio.gz" -s "$here/scripts/remount.sh" -f "$W/basic.sha:/ovfs-expected.sha"
     boot remount "$W/remount.cpio.gz" "$W/share" || rc=$?
     step_result "boot 2: remount.sh" "$t" "$rc"
   else
