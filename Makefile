@@ -18,7 +18,7 @@ demo:
 # Everything CI checks: dependencies, formatting, lints, and every test (unit,
 # host /dev/fuse mount, pjdfstest, real guests under QEMU, S3 on SeaweedFS).
 test: deps lint
-	$(CARGO) test --all-targets -- --test-threads=2
+	tests/tools/with-s3.sh $(CARGO) test --all-targets -- --test-threads=2
 
 deps:
 	tests/tools/install-deps.sh

@@ -663,6 +663,41 @@ impl ObjectFs {
         Ok(out)
     }
 
+    /// The file at `path` is about to lose its name (unlink, or a rename over
+    /// it): if it is open, its handles keep a private staged copy.
+    async fn detach_open(&self, path: &str) -> Result<()> {
+        if let Some(id) = self.inodes.id_of(path) {
+            if let Some(f) = self.open_file(id) {
+                let mut st = f.state.lock().await;
+                self.ensure_staged(id, &f, &mut st).await?;
+                st.dirty = false;
+                f.update(|x| x.unlinked = true);
+            }
+        }
+        Ok(())
+    }
+
+    /// SETATTR on a file that lost its name but is still open: only its
+    /// private staged copy changes.
+    async fn setattr_detached(&self, nodeid: u64, a: &SetAttr) -> Result<(abi::fuse_attr, Duration)> {
+        let f = self.open_file(nodeid).ok_or(Errno::ENOENT)?;
+        if let Some(size) = a.size {
+            self.truncate(nodeid, &f, size, false).await?;
+        }
+        if let Some(m) = a.mode {
+            f.update(|x| x.posix.mode = Some(libc::S_IFREG | (m & 0o7777)));
+        }
+        f.update(|x| {
+            if a.uid.is_some() {
+                x.posix.uid = a.uid;
+            }
+            if a.gid.is_some() {
+                x.posix.gid = a.gid;
+            }
+        });
+        Ok((self.attr_from_snap(nodeid, &f.snap()), self.opts.attr_timeout))
+    }
+
     /// Drop a node's cached blocks (its object changed or is gone).
     fn forget_cached(&self, nodeid: u64) {
         if let Some(c) = &self.cache {
@@ -713,7 +748,16 @@ impl Filesystem for ObjectFs {
     }
 
     async fn setattr(&self, ctx: &Ctx, nodeid: u64, a: SetAttr) -> Result<(abi::fuse_attr, Duration)> {
-        let (path, kind) = self.node(nodeid)?;
+        let (path, kind) = match self.node(nodeid) {
+            Ok(n) => n,
+            Err(e) => {
+                // ftruncate/fchmod on a file that was unlinked while open.
+                return match self.inodes.get_any(nodeid) {
+                    Some((_, Kind::File, false)) => self.setattr_detached(nodeid, &a).await,
+                    _ => Err(e),
+                };
+            }
+        };
         if let Some(size) = a.size {
             if kind == Kind::Dir {
                 return Err(Errno::EISDIR);
@@ -775,6 +819,10 @@ impl Filesystem for ObjectFs {
                     p.gid = p.gid.or(Some(self.opts.gid));
                     apply(&mut p);
                     self.backend.set_posix(&path, &p).await?;
+                    // An open handle's next upload must carry the new metadata.
+                    if let Some(f) = self.open_file(nodeid) {
+                        f.update(|x| x.posix = p.clone());
+                    }
                 }
             }
         }
@@ -816,15 +864,7 @@ impl Filesystem for ObjectFs {
         if meta.kind == EntryKind::Dir {
             return Err(Errno::EISDIR);
         }
-        // An open file keeps its bytes after unlink.
-        if let Some(id) = self.inodes.id_of(&path) {
-            if let Some(f) = self.open_file(id) {
-                let mut st = f.state.lock().await;
-                self.ensure_staged(id, &f, &mut st).await?;
-                st.dirty = false;
-                f.update(|x| x.unlinked = true);
-            }
-        }
+        self.detach_open(&path).await?;
         self.backend.delete_file(&path).await?;
         if let Some(id) = self.inodes.id_of(&path) {
             self.forget_cached(id);
@@ -886,7 +926,8 @@ impl Filesystem for ObjectFs {
                     // Fails with ENOTEMPTY unless empty; then it is replaced.
                     self.backend.remove_dir(&to).await?;
                 }
-                (EntryKind::File, EntryKind::File) => {}
+                // Open handles of the replaced file keep its old bytes.
+                (EntryKind::File, EntryKind::File) => self.detach_open(&to).await?,
             }
         }
         match src.kind {

@@ -49,6 +49,10 @@ impl Staged {
 
     /// Write `data` at `off`, growing the file as needed.
     pub fn write(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            // A zero-length write changes nothing, not even the size.
+            return Ok(());
+        }
         let end = off.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         self.file.write_all_at(data, off)?;
         self.size = self.size.max(end);
@@ -81,5 +85,7 @@ mod tests {
         assert_eq!(s.read(11, 100).unwrap(), vec![0u8; 9]);
         assert!(s.read(20, 10).unwrap().is_empty());
         assert!(s.write(u64::MAX - 1, b"abc").is_err());
+        s.write(1000, b"").unwrap();
+        assert_eq!(s.size(), 20, "an empty write past EOF does not grow the file");
     }
 }
