@@ -246,9 +246,15 @@ pub struct Common {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Serve this host directory (OpenDAL fs back-end) instead of [storage_settings].
+    /// Serve this host directory as a passthrough tree (full POSIX, as
+    /// virtiofsd does; what Kata expects) instead of [storage_settings].
     #[arg(long, global = true, value_name = "DIR")]
     pub shared_dir: Option<PathBuf>,
+
+    /// Serve --shared-dir through OpenDAL's fs service instead (object-store
+    /// semantics, see docs/SEMANTICS.md), like `type = "fs"` in the config.
+    #[arg(long, global = true)]
+    pub opendal_fs: bool,
 
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, value_name = "LEVEL")]
@@ -277,12 +283,11 @@ pub struct Common {
     pub no_announce_submounts: bool,
 
     // --- passthrough (vfs::passthrough) ---
-    /// Serve --shared-dir as a host passthrough tree (full POSIX: owners,
-    /// modes, symlinks, special files) instead of through the OpenDAL fs back-end.
-    #[arg(long, global = true)]
+    /// Accepted for compatibility: --shared-dir is a passthrough by default.
+    #[arg(long, global = true, hide = true)]
     pub passthrough: bool,
 
-    /// With --passthrough: serve extended attributes (else ENOSYS).
+    /// With a passthrough --shared-dir: serve extended attributes (else ENOSYS).
     #[arg(long, global = true)]
     pub xattr: bool,
 }
@@ -366,7 +371,7 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default_memory(),
     };
-    if let Some(dir) = &c.shared_dir {
+    if let Some(dir) = c.shared_dir.as_ref().filter(|_| c.opendal_fs) {
         let root = dir.to_str().ok_or_else(|| format!("--shared-dir {}: not UTF-8", dir.display()))?;
         if !dir.is_dir() {
             return Err(format!("--shared-dir {}: not a directory", dir.display()));
@@ -390,6 +395,7 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
     let opts = ObjectFsOptions {
         attr_timeout: c.attr_timeout,
         entry_timeout: c.entry_timeout,
+        negative_timeout: c.negative_timeout,
         file_mode: b.default_file_mode,
         dir_mode: b.default_dir_mode,
         uid: b.default_uid,
@@ -410,7 +416,7 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
 }
 
 // --- passthrough (vfs::passthrough) ---
-/// `--shared-dir DIR --passthrough`: DIR served by [`PassthroughFs`].
+/// `--shared-dir DIR`: DIR served by [`PassthroughFs`].
 pub fn build_passthrough(c: &Common, cfg: &Config) -> Result<Arc<dyn RequestHandler>, String> {
     let dir = c.shared_dir.as_ref().ok_or("--passthrough needs --shared-dir DIR")?;
     let opts = PassthroughOptions {
@@ -475,7 +481,7 @@ pub fn main() -> i32 {
 }
 
 fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
-    let handler: Arc<dyn RequestHandler> = if common.passthrough {
+    let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs) {
         match build_passthrough(common, cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -545,7 +551,8 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             return EXIT_CONFIG;
         }
     };
-    let handler: Arc<dyn RequestHandler> = if cli.common.passthrough {
+    let c = &cli.common;
+    let handler: Arc<dyn RequestHandler> = if c.passthrough || (c.shared_dir.is_some() && !c.opendal_fs) {
         match build_passthrough(&cli.common, cfg) {
             Ok(s) => s,
             Err(e) => {

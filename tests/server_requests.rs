@@ -270,3 +270,18 @@ async fn reads_come_from_the_block_cache() {
     let r = call(&s, &client::read(114, e.nodeid, fh, 0, 4096)).await.unwrap();
     assert_eq!(r.body, vec![2u8; 1000]);
 }
+
+/// With `negative_timeout`, a missing name is answered with a negative entry
+/// (node id 0, cached by the kernel for that long); without it, ENOENT.
+#[tokio::test]
+async fn negative_entries_follow_the_config() {
+    let s = ready().await;
+    assert_eq!(errno(&s, &client::lookup(120, 1, "nope")).await, libc::ENOENT);
+    let cfg = Config::parse("[cache_settings]\nnegative_timeout = \"5s\"\n[storage_settings]\ntype = \"memory\"\n").unwrap();
+    let s2 = ovfs::cli::build_server(&cfg).unwrap().0;
+    call(&s2, &client::init(2, 0)).await.unwrap();
+    let r = call(&s2, &client::lookup(121, 1, "nope")).await.unwrap();
+    assert_eq!(r.errno, 0);
+    let e: abi::fuse_entry_out = r.get().unwrap();
+    assert_eq!((e.nodeid, e.entry_valid), (0, 5));
+}

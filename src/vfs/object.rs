@@ -38,6 +38,9 @@ use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeS
 pub struct ObjectFsOptions {
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
+    /// How long the kernel may remember that a name does not exist (0: not
+    /// at all, so objects created by other programs appear at once).
+    pub negative_timeout: Duration,
     pub file_mode: u32,
     pub dir_mode: u32,
     pub uid: u32,
@@ -56,6 +59,7 @@ impl Default for ObjectFsOptions {
         ObjectFsOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::ZERO,
             file_mode: 0o644,
             dir_mode: 0o755,
             uid: 0,
@@ -725,7 +729,14 @@ impl Filesystem for ObjectFs {
 
     async fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry> {
         let path = self.dir_child(parent, name)?;
-        let meta = self.stat_path(&path).await?;
+        let meta = match self.stat_path(&path).await {
+            Ok(m) => m,
+            Err(Errno::ENOENT) if !self.opts.negative_timeout.is_zero() => {
+                // A negative entry (node id 0): the kernel caches the miss.
+                return Ok(Entry { entry_valid: self.opts.negative_timeout, ..Entry::default() });
+            }
+            Err(e) => return Err(e),
+        };
         let kind = kind_of(&meta);
         let id = self.inodes.lookup(&path, kind);
         let attr = match self.open_file(id).map(|f| f.snap()) {
@@ -818,7 +829,18 @@ impl Filesystem for ObjectFs {
                     p.uid = p.uid.or(Some(self.opts.uid));
                     p.gid = p.gid.or(Some(self.opts.gid));
                     apply(&mut p);
-                    self.backend.set_posix(&path, &p).await?;
+                    // A directory marker on an object store keeps no metadata:
+                    // a change to what it shows anyway (the defaults) is
+                    // accepted as the no-op it is; anything else is ENOTSUP.
+                    let shown = kind == Kind::Dir
+                        && !explicit_time
+                        && p.mode.map(|m| m & 0o7777) == Some(default_perm)
+                        && p.uid == Some(self.opts.uid)
+                        && p.gid == Some(self.opts.gid);
+                    match self.backend.set_posix(&path, &p).await {
+                        Err(e) if shown && e.kind == ErrorKind::Unsupported => {}
+                        r => r?,
+                    }
                     // An open handle's next upload must carry the new metadata.
                     if let Some(f) = self.open_file(nodeid) {
                         f.update(|x| x.posix = p.clone());
