@@ -406,10 +406,11 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
     };
     let mut fs = ObjectFs::new(backend.clone(), opts);
     if c.enabled_cache {
-        let pool = Pool::with_limit(c.memory_limit).map_err(|e| format!("cache: cannot create the memory pool: {e}"))?;
+        let pool =
+            Pool::with_limit(c.memory_limit).map_err(|e| format!("cache: cannot create the memory pool: {e}"))?;
         let ttl = c.enabled_cache_expiration.then_some(c.cache_expiration_time);
-        let cache = BlockCache::new(pool, CacheConfig { ttl, ..CacheConfig::default() })
-            .map_err(|e| format!("cache: {e}"))?;
+        let cache =
+            BlockCache::new(pool, CacheConfig { ttl, ..CacheConfig::default() }).map_err(|e| format!("cache: {e}"))?;
         fs = fs.with_cache(cache);
     }
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
@@ -481,7 +482,8 @@ pub fn main() -> i32 {
 }
 
 fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
-    let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs) {
+    let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs)
+    {
         match build_passthrough(common, cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -644,7 +646,8 @@ mod tests {
 
     #[test]
     fn legacy_options_and_last_flag_wins() {
-        let (c, w) = parse(&["ovfs", "-o", "source=/a,cache=always,xattr,flock", "--shared-dir", "/b", "-oconfig=/c.toml"]);
+        let (c, w) =
+            parse(&["ovfs", "-o", "source=/a,cache=always,xattr,flock", "--shared-dir", "/b", "-oconfig=/c.toml"]);
         assert_eq!(c.common.shared_dir.as_deref(), Some(Path::new("/b")), "the last --shared-dir wins");
         assert_eq!(c.common.cache, Some(CachePolicy::Always));
         assert_eq!(c.common.config.as_deref(), Some(Path::new("/c.toml")));

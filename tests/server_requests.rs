@@ -277,7 +277,8 @@ async fn reads_come_from_the_block_cache() {
 async fn negative_entries_follow_the_config() {
     let s = ready().await;
     assert_eq!(errno(&s, &client::lookup(120, 1, "nope")).await, libc::ENOENT);
-    let cfg = Config::parse("[cache_settings]\nnegative_timeout = \"5s\"\n[storage_settings]\ntype = \"memory\"\n").unwrap();
+    let cfg =
+        Config::parse("[cache_settings]\nnegative_timeout = \"5s\"\n[storage_settings]\ntype = \"memory\"\n").unwrap();
     let s2 = ovfs::cli::build_server(&cfg).unwrap().0;
     call(&s2, &client::init(2, 0)).await.unwrap();
     let r = call(&s2, &client::lookup(121, 1, "nope")).await.unwrap();

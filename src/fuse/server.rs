@@ -293,7 +293,8 @@ impl<F: Filesystem> Server<F> {
             Opcode::Setxattr => {
                 // The 16-byte form only when FUSE_SETXATTR_EXT was agreed;
                 // otherwise the kernel sends 8 bytes and the name follows.
-                let a: abi::fuse_setxattr_in = if self.negotiated.load(Ordering::Acquire) & abi::FUSE_SETXATTR_EXT != 0 {
+                let a: abi::fuse_setxattr_in = if self.negotiated.load(Ordering::Acquire) & abi::FUSE_SETXATTR_EXT != 0
+                {
                     r.read()?
                 } else {
                     let b = r.bytes(abi::FUSE_COMPAT_SETXATTR_IN_SIZE)?;

@@ -25,10 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::handle::HandleTable;
-use crate::cache::{BlockCache, Lookup, Version};
 use super::inode::{InodeTable, Kind};
 use super::staging::Staged;
 use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, PosixMeta};
+use crate::cache::{BlockCache, Lookup, Version};
 use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
 use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
