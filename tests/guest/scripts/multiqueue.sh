@@ -14,7 +14,7 @@ for i in 1 2 3 4; do
   ) &
 done
 wait
-n=$(ls | grep -c '^mq-')
+n=$(find . -maxdepth 1 -name 'mq-*' | wc -l)
 [ "$n" -eq 40 ] || { echo "FAIL mq: $n files, want 40"; fails=1; }
 [ $fails -eq 0 ] && echo "PASS multiqueue 40 files"
 exit $fails
