@@ -286,3 +286,38 @@ async fn negative_entries_follow_the_config() {
     let e: abi::fuse_entry_out = r.get().unwrap();
     assert_eq!((e.nodeid, e.entry_valid), (0, 5));
 }
+
+/// A file written sequentially from empty streams its multipart upload while
+/// it is written (complete parts go out as they fill); the object appears
+/// only at the durability point, whole. A write that is not an append
+/// abandons the stream and the file is uploaded whole instead.
+#[tokio::test]
+async fn sequential_writes_stream_their_upload() {
+    let cfg = Config::parse("[storage_settings]\ntype = \"memory\"\n[backend_settings]\npart_size = \"5MiB\"\n").unwrap();
+    let (s, backend) = ovfs::cli::build_server(&cfg).unwrap();
+    call(&s, &client::init(2, 0)).await.unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    for (name, random_write) in [("streamed", false), ("rewritten", true)] {
+        let before = s.filesystem().streamed_bytes();
+        let r = call(&s, &client::create(130, 1, name, 0o100644, libc::O_RDWR as u32)).await.unwrap();
+        let e: abi::fuse_entry_out = r.get().unwrap();
+        let fh = abi::fuse_open_out::from_prefix(&r.body[128..]).unwrap().fh;
+        let mut want = Vec::new();
+        for i in 0..20u64 {
+            call(&s, &client::write(131, e.nodeid, fh, i << 20, &chunk)).await.unwrap();
+            want.extend_from_slice(&chunk);
+        }
+        let streamed = s.filesystem().streamed_bytes() - before;
+        assert!(streamed >= 10 << 20, "{name}: parts sent while writing: {streamed}");
+        if random_write {
+            call(&s, &client::write(132, e.nodeid, fh, 1000, b"XYZ")).await.unwrap();
+            want[1000..1003].copy_from_slice(b"XYZ");
+        }
+        assert!(backend.lookup(name).await.is_err(), "{name}: not visible before the durability point");
+        assert_eq!(errno(&s, &client::release(133, e.nodeid, fh)).await, 0);
+        let meta = backend.lookup(name).await.unwrap();
+        assert_eq!(meta.size, 20 << 20, "{name}");
+        let got = backend.read(name, 0, 20 << 20).await.unwrap();
+        assert!(got[..] == want[..], "{name}: bytes differ");
+    }
+}

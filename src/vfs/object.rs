@@ -27,7 +27,7 @@ use bytes::Bytes;
 use super::handle::HandleTable;
 use super::inode::{InodeTable, Kind};
 use super::staging::Staged;
-use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, PosixMeta};
+use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, ObjectWriter, PosixMeta};
 use crate::cache::{BlockCache, Lookup, Version};
 use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
@@ -98,6 +98,27 @@ struct FileState {
     /// with an empty one before the first byte is written. RELEASE and FSYNC
     /// upload it.
     opened_empty: bool,
+    /// Every write so far appended to a file that started empty (created,
+    /// or opened with O_TRUNC): its upload may stream while it is written.
+    sequential: bool,
+    /// The multipart upload streaming this file's first `sent` bytes.
+    stream: Option<Stream>,
+}
+
+/// A multipart upload that started while the file was still being written
+/// sequentially. The bytes stay staged, so it can be abandoned at any time
+/// (a non-sequential write, a truncate, new metadata) for a whole upload at
+/// the durability point. The object appears only when it is closed.
+struct Stream {
+    writer: ObjectWriter,
+    sent: u64,
+    posix: PosixMeta,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("sent", &self.sent).finish_non_exhaustive()
+    }
 }
 
 /// Per-node state shared by all handles of an open file.
@@ -152,6 +173,8 @@ pub struct ObjectFs {
     started: SystemTime,
     /// Data blocks read from the back-end (memfd pool), keyed by node id.
     cache: Option<BlockCache>,
+    /// Bytes sent by streaming uploads while files were being written.
+    streamed: std::sync::atomic::AtomicU64,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -205,7 +228,14 @@ impl ObjectFs {
             open: Mutex::new(HashMap::new()),
             started: now(),
             cache: None,
+            streamed: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Bytes sent by streaming uploads before their files' durability point
+    /// (tests, metrics).
+    pub fn streamed_bytes(&self) -> u64 {
+        self.streamed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Serve reads of unmodified files from `cache` (blocks of
@@ -252,7 +282,13 @@ impl ObjectFs {
         let mut g = self.lock_open();
         let e = g.entry(nodeid).or_insert_with(|| {
             let f = OpenFile {
-                state: tokio::sync::Mutex::new(FileState { staged: None, dirty: false, opened_empty: false }),
+                state: tokio::sync::Mutex::new(FileState {
+                    staged: None,
+                    dirty: false,
+                    opened_empty: false,
+                    sequential: false,
+                    stream: None,
+                }),
                 snap: Mutex::new(init()),
             };
             (Arc::new(f), 0)
@@ -394,7 +430,8 @@ impl ObjectFs {
 
     /// Upload a dirty file: one PUT, or a multipart upload for large files.
     async fn upload(&self, nodeid: u64, file: &OpenFile) -> Result<()> {
-        let mut st = file.state.lock().await;
+        let mut guard = file.state.lock().await;
+        let st = &mut *guard;
         if !st.dirty {
             return Ok(());
         }
@@ -410,6 +447,22 @@ impl ObjectFs {
         };
         let size = staged.size();
         let part = self.opts.part_size as u64;
+        if let Some(stream) = st.stream.take() {
+            // The object's metadata is fixed when its upload starts: a
+            // streamed file keeps the mode/owner it had then, and its `mtime`
+            // metadata is the time the stream started.
+            let same = |a: &PosixMeta, b: &PosixMeta| a.mode == b.mode && a.uid == b.uid && a.gid == b.gid;
+            if same(&stream.posix, &snap.posix) && stream.sent <= size {
+                self.finish_stream(&path, staged, stream, size).await?;
+                st.dirty = false;
+                st.opened_empty = false;
+                file.update(|x| x.in_backend = true);
+                self.forget_cached(nodeid);
+                tracing::debug!(path = %path, size, "uploaded (streamed)");
+                return Ok(());
+            }
+            let _ = stream.writer.abort().await;
+        }
         if size <= part {
             let data = staged.read(0, size as usize).map_err(io_err)?;
             self.backend.write(&path, Bytes::from(data), &snap.posix).await?;
@@ -438,6 +491,77 @@ impl ObjectFs {
         self.forget_cached(nodeid);
         tracing::debug!(path = %path, size, "uploaded");
         Ok(())
+    }
+
+    /// Send the rest of a streamed file and complete its upload.
+    async fn finish_stream(&self, path: &str, staged: &Staged, mut stream: Stream, size: u64) -> Result<()> {
+        let part = self.opts.part_size as u64;
+        while stream.sent < size {
+            let data = match staged.read(stream.sent, part.min(size - stream.sent) as usize) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = stream.writer.abort().await;
+                    return Err(io_err(e));
+                }
+            };
+            stream.sent += data.len() as u64;
+            if let Err(e) = stream.writer.write(Bytes::from(data)).await {
+                let _ = stream.writer.abort().await;
+                return Err(e.into());
+            }
+        }
+        tracing::trace!(path, "streamed upload complete");
+        stream.writer.close().await.map_err(Errno::from)
+    }
+
+    /// While a file that started empty is written sequentially, send every
+    /// complete part beyond the last one as it fills (the last part is kept
+    /// back so that files under two parts go out as one PUT). A failure only
+    /// abandons the stream: the whole file is uploaded at the durability point.
+    async fn stream_parts(&self, nodeid: u64, snap_posix: &PosixMeta, st: &mut FileState) {
+        let part = self.opts.part_size as u64;
+        let Some(size) = st.staged.as_ref().map(|s| s.size()) else { return };
+        let sent = st.stream.as_ref().map(|s| s.sent).unwrap_or(0);
+        if !st.sequential || size < sent + 2 * part {
+            return;
+        }
+        if st.stream.is_none() {
+            let Some((path, _, true)) = self.inodes.get_any(nodeid) else { return };
+            match self.backend.writer(&path, snap_posix).await {
+                Ok(writer) => st.stream = Some(Stream { writer, sent: 0, posix: snap_posix.clone() }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot start a streaming upload; the file is uploaded whole later");
+                    return;
+                }
+            }
+        }
+        while let (Some(stream), Some(staged)) = (st.stream.as_mut(), st.staged.as_ref()) {
+            if size < stream.sent + 2 * part {
+                break;
+            }
+            let r = match staged.read(stream.sent, part as usize) {
+                Ok(data) => stream.writer.write(Bytes::from(data)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(()) => {
+                    stream.sent += part;
+                    self.streamed.fetch_add(part, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "streaming upload abandoned; the file is uploaded whole later");
+                    Self::drop_stream(st).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Abandon a streaming upload (the staged bytes stay authoritative).
+    async fn drop_stream(st: &mut FileState) {
+        if let Some(s) = st.stream.take() {
+            let _ = s.writer.abort().await;
+        }
     }
 
     fn file_handle(&self, nodeid: u64, fh: u64) -> Result<Arc<FileHandle>> {
@@ -521,6 +645,10 @@ impl ObjectFs {
             s.truncate(size).map_err(io_err)?;
         }
         st.opened_empty = from_open && (st.opened_empty || !st.dirty);
+        // Emptied by O_TRUNC: may stream again; any other size change may
+        // rewrite what a stream already sent.
+        st.sequential = from_open && size == 0;
+        Self::drop_stream(&mut st).await;
         st.dirty = true;
         file.update(|x| {
             x.staged = true;
@@ -674,6 +802,7 @@ impl ObjectFs {
             if let Some(f) = self.open_file(id) {
                 let mut st = f.state.lock().await;
                 self.ensure_staged(id, &f, &mut st).await?;
+                Self::drop_stream(&mut st).await;
                 st.dirty = false;
                 f.update(|x| x.unlinked = true);
             }
@@ -874,6 +1003,7 @@ impl Filesystem for ObjectFs {
                 // A RELEASE may have uploaded it while we waited for the lock:
                 // then it is deleted from the back-end below.
                 if !f.snap().in_backend {
+                    Self::drop_stream(&mut st).await;
                     st.dirty = false;
                     f.update(|x| x.unlinked = true);
                     drop(st);
@@ -1031,6 +1161,7 @@ impl Filesystem for ObjectFs {
             }
             st.dirty = true;
             st.opened_empty = true;
+            st.sequential = true;
         }
         let writable = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable });
@@ -1068,8 +1199,13 @@ impl Filesystem for ObjectFs {
             let mut st = h.file.state.lock().await;
             self.ensure_staged(nodeid, &h.file, &mut st).await?;
             let Some(s) = st.staged.as_mut() else { return Err(Errno::EIO) };
+            let appends = offset == s.size();
             s.write(offset, data).map_err(io_err)?;
             let size = s.size();
+            if !appends && !data.is_empty() {
+                st.sequential = false;
+                Self::drop_stream(&mut st).await;
+            }
             st.dirty = true;
             st.opened_empty = false;
             h.file.update(|x| {
@@ -1079,6 +1215,8 @@ impl Filesystem for ObjectFs {
                     x.posix.mtime = Some(x.mtime);
                 }
             });
+            let posix = h.file.snap().posix;
+            self.stream_parts(nodeid, &posix, &mut st).await;
         }
         if flags as i32 & libc::O_DSYNC != 0 {
             self.upload(nodeid, &h.file).await?;
