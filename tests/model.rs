@@ -347,7 +347,7 @@ struct Model {
     tree: BTreeMap<String, MNode>,
     /// Directories keep a mode (memory: side table). On S3 a directory marker
     /// carries no metadata: directories show the default and chmod on them
-    /// answers ENOTSUP.
+    /// answers ENOTSUP, except a chmod to that default (a no-op).
     dir_meta: bool,
     /// Implied directories outlive their last child (see [`Flavor`]).
     implied_dirs_persist: bool,
@@ -1114,7 +1114,9 @@ impl Harness {
                 }
                 let expect = match self.model.resolve(path) {
                     Err(e) => err(e),
-                    Ok(MNode::Dir { .. }) if !self.model.dir_meta => err(Errno::ENOTSUP),
+                    // S3: a chmod to the mode the directory shows anyway
+                    // (the default 0755) is an accepted no-op; others ENOTSUP.
+                    Ok(MNode::Dir { .. }) if !self.model.dir_meta && mode.0 & 0o7777 != 0o755 => err(Errno::ENOTSUP),
                     Ok(_) => ok(),
                 };
                 let r = match self.resolve(path, refs).await {
@@ -1135,7 +1137,10 @@ impl Harness {
                         // gives it a marker.
                         Some(MNode::Dir { perm: p, marker }) => {
                             *p = perm;
-                            *marker = true;
+                            // (S3's no-op chmod writes nothing.)
+                            if self.model.dir_meta {
+                                *marker = true;
+                            }
                         }
                         None => unreachable!(),
                     }
