@@ -293,7 +293,8 @@ async fn negative_entries_follow_the_config() {
 /// abandons the stream and the file is uploaded whole instead.
 #[tokio::test]
 async fn sequential_writes_stream_their_upload() {
-    let cfg = Config::parse("[storage_settings]\ntype = \"memory\"\n[backend_settings]\npart_size = \"5MiB\"\n").unwrap();
+    let cfg =
+        Config::parse("[storage_settings]\ntype = \"memory\"\n[backend_settings]\npart_size = \"5MiB\"\n").unwrap();
     let (s, backend) = ovfs::cli::build_server(&cfg).unwrap();
     call(&s, &client::init(2, 0)).await.unwrap();
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
