@@ -26,7 +26,7 @@ echo "a file the guest will rename" > "$share/docs/old-name.txt"
 seq 1 1000 > "$share/docs/numbers.txt"
 
 echo "demo: starting ovfs on $sock (OpenDAL fs back-end on $share)"
-"$ovfs" --socket-path "$sock" --shared-dir "$share" --log-level warn 2> "$W/ovfs.log" &
+"$ovfs" --socket-path "$sock" --shared-dir "$share" --opendal-fs --log-level warn 2> "$W/ovfs.log" &
 daemon=$!
 trap 'kill $daemon 2>/dev/null || true; rm -f "$sock"' EXIT
 
