@@ -322,3 +322,17 @@ async fn sequential_writes_stream_their_upload() {
         assert!(got[..] == want[..], "{name}: bytes differ");
     }
 }
+
+/// Found by the fuzzer: SETATTR with an mtime the host cannot represent
+/// (seconds near 2^64) overflowed `SystemTime` and panicked. Now EINVAL.
+#[tokio::test]
+async fn setattr_time_overflow_is_einval() {
+    let s = ready().await;
+    let r = call(&s, &client::create(140, 1, "t", 0o100644, libc::O_RDWR as u32)).await.unwrap();
+    let e: abi::fuse_entry_out = r.get().unwrap();
+    let sa =
+        abi::fuse_setattr_in { valid: abi::FATTR_MTIME, mtime: u64::MAX, mtimensec: u32::MAX, ..Default::default() };
+    let r = client::request(Opcode::Setattr, 141, e.nodeid, &[sa.as_bytes()]);
+    assert_eq!(errno(&s, &r).await, libc::EINVAL);
+    alive(&s).await;
+}

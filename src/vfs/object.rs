@@ -923,7 +923,11 @@ impl Filesystem for ObjectFs {
                 let default_perm = self.default_perm(kind);
                 let mtime = match a.mtime {
                     Some(TimeSpec::Now) => Some(now()),
-                    Some(TimeSpec::Set { secs, nsecs }) => Some(UNIX_EPOCH + Duration::new(secs, nsecs)),
+                    // The guest chooses `secs`: a time the host cannot
+                    // represent is EINVAL, never an overflow.
+                    Some(TimeSpec::Set { secs, nsecs }) => {
+                        Some(UNIX_EPOCH.checked_add(Duration::new(secs, nsecs.min(999_999_999))).ok_or(Errno::EINVAL)?)
+                    }
                     None => None,
                 };
                 let apply = |p: &mut PosixMeta| {
