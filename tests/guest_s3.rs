@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use s3::{sha256, S3Client, S3Server};
+use s3::{pseudo_random, sha256, S3Client, S3Server};
 
 static GUESTS: Mutex<()> = Mutex::new(());
 
@@ -93,20 +93,6 @@ fn tail(text: &str, n: usize) -> String {
 
 fn read_lossy(p: &Path) -> String {
     fs::read(p).map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// What `yes WORD | head -c LEN` prints.
