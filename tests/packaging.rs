@@ -91,7 +91,7 @@ fn deb_installs_serves_a_guest_and_purges_rpm_lists_the_same_files() {
     // Install, use, purge.
     let _ = Command::new("dpkg").args(["--purge", "ovfs"]).output();
     run(Command::new("dpkg").arg("-i").arg(&deb));
-    let installed = std::panic::catch_unwind(|| check_installed());
+    let installed = std::panic::catch_unwind(check_installed);
     let purge = Command::new("dpkg").args(["--purge", "ovfs"]).output().expect("dpkg --purge");
     if let Err(e) = installed {
         std::panic::resume_unwind(e);
