@@ -12,7 +12,7 @@
 //!    directory and the volume's hostPath placeholder into the shared dir (as
 //!    Kata does). QEMU with Kata's device line (`tag=kataShared`,
 //!    `queue-size=1024`, RAM `memory-backend-file,mem-path=/dev/shm,share=on`
-//!    + `-numa node,memdev=mem`) boots `tests/guest/scripts/kata.sh`, which
+//!    with `-numa node,memdev=mem`) boots `tests/guest/scripts/kata.sh`, which
 //!    mounts at `/run/kata-containers/shared/containers/` and checks a
 //!    container rootfs (a static busybox that runs from the mount, symlinks,
 //!    modes, owners), the bind mount made after start, escapes that fail, and
