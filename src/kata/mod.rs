@@ -235,8 +235,19 @@ pub fn volumes(annotations: &HashMap<String, String>, cfg: &KataConfig) -> (Vec<
             }
         }
     }
+    // Two volumes on one placeholder: the mount point would be ambiguous.
+    let mut seen: HashMap<PathBuf, String> = HashMap::new();
+    let mut kept = Vec::new();
+    for v in ok {
+        if let Some(first) = seen.get(&v.source) {
+            refused.insert(v.name.clone(), format!("same source as volume `{first}`"));
+            continue;
+        }
+        seen.insert(v.source.clone(), v.name.clone());
+        kept.push(v);
+    }
     let refusals = refused.into_iter().map(|(volume, reason)| Refusal { volume, reason }).collect();
-    (ok, refusals)
+    (kept, refusals)
 }
 
 fn resolve(name: &str, keys: &BTreeMap<String, String>, cfg: &KataConfig) -> Result<Volume, String> {
@@ -445,6 +456,17 @@ mod tests {
         }
         let (vs, r) = volumes(&ann(&[("io.ovfs.volume.z.profile", "nope"), ("io.ovfs.volume.z.source", "/x")]), &c);
         assert!(vs.is_empty() && r[0].reason.contains("no profile `nope`"));
+        let (vs, r) = volumes(
+            &ann(&[
+                ("io.ovfs.volume.a.profile", "open"),
+                ("io.ovfs.volume.a.source", "/var/lib/ovfs/volumes/same"),
+                ("io.ovfs.volume.b.profile", "open"),
+                ("io.ovfs.volume.b.source", "/var/lib/ovfs/volumes/same"),
+            ]),
+            &c,
+        );
+        assert_eq!((vs.len(), vs[0].name.as_str()), (1, "a"));
+        assert!(r[0].volume == "b" && r[0].reason.contains("same source"));
     }
 
     #[test]
