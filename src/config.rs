@@ -1,6 +1,6 @@
 //! TOML configuration: parsing, defaults and validation, done once at start-up.
 //!
-//! The file has four sections, all optional:
+//! The file has these sections, all optional:
 //!
 //! - `[socket_settings]`: vhost-user socket path, virtio-fs tag, queue count;
 //! - `[cache_settings]`: data cache switches and attribute/entry TTLs;
@@ -10,7 +10,8 @@
 //!   used** (handy for tests; nothing persists);
 //! - `[backend_settings]`: retry/timeout policy, the POSIX defaults shown
 //!   for objects that carry no mode/uid/gid metadata, and fault injection
-//!   (`inject_*` keys: for testing; off by default).
+//!   (`inject_*` keys: for testing; off by default);
+//! - `[kata]`, `[profiles.NAME]`: Kata volumes (parsed by [`crate::kata`]).
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
