@@ -479,7 +479,7 @@ pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec
                     source = %v.source.display(),
                     scheme = backend.scheme(),
                     read_only = v.read_only,
-                    "volume attached at its placeholder"
+                    "volume ready; served where its placeholder appears in the shared dir"
                 );
                 check_later(rt, format!("volume {}", v.name), backend);
                 mounts.push(Mount { name: v.name, point: MountPoint::host_dir(v.source), fs, read_only: v.read_only });
