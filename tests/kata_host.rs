@@ -245,3 +245,54 @@ fn netns_for_backend_traffic() {
     assert_eq!(c.get(&key).as_deref(), Some(&b"through the host namespace\n"[..]), "{}", m.log());
     assert!(m.log().contains("entered the network namespace"), "{}", m.log());
 }
+
+/// pjdfstest on the host mount of a Kata shared dir with a volume attached:
+/// every request goes through the mount table (`MountFs`), and the
+/// passthrough part must still pass everything (as virtiofsd: 350 passed,
+/// 0 failed, 48 skipped).
+#[test]
+fn pjdfstest_passthrough_with_a_volume_attached() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let p = |s: &str| t.path().join(s);
+    let (shared, mnt, ph) = (p("shared"), p("mnt"), p("placeholders"));
+    for d in [&shared, &mnt, &ph.join("vol")] {
+        fs::create_dir_all(d).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::write(
+        p("ovfs.toml"),
+        format!("[kata]\nplaceholder_root = \"{}\"\n[profiles.mem]\ntype = \"memory\"\n", ph.display()),
+    )
+    .unwrap();
+    bundle(
+        &p("bundle"),
+        &[
+            ("io.ovfs.volume.vol.profile", "mem".into()),
+            ("io.ovfs.volume.vol.source", ph.join("vol").to_string_lossy().into_owned()),
+        ],
+    );
+    let _b = Bind::new(&ph.join("vol"), &shared.join("vol"));
+    let m = KataMount::start(&[], &p("ovfs.toml"), &p("bundle"), &shared, &mnt, &p("ovfs.log"));
+    // The volume is attached (a memory file system, not the host directory).
+    fs::write(mnt.join("vol/probe"), "x").unwrap();
+    assert!(!ph.join("vol/probe").exists(), "volume not attached:\n{}", m.log());
+
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{repo}/tests/pjdfstest/run-host.sh"))
+        .arg(&mnt)
+        .env("OVFS_WORK", p("work"))
+        .output()
+        .expect("run-host.sh (install pjdfstest with tests/tools/install-deps.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().rev().find(|l| l.starts_with("pjdfstest: ") && l.contains(" passed, ")).unwrap_or("");
+    eprintln!("passthrough with a volume attached: {summary}");
+    let passed: u64 = summary.strip_prefix("pjdfstest: ").and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(0);
+    assert!(
+        out.status.success() && summary.contains(" 0 failed") && passed >= 350,
+        "pjdfstest over the passthrough with a volume attached: {summary}\n{stdout}\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+}
