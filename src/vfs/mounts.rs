@@ -521,3 +521,75 @@ impl<R: MountHost, M: Filesystem> Filesystem for MountFs<R, M> {
         by_node!(self, nodeid, |fs, n| fs.syncfs(ctx, n))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, StorageSettings};
+    use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
+    use crate::vfs::ObjectFs;
+    use std::os::unix::fs::MetadataExt;
+
+    fn ctx() -> Ctx {
+        Ctx::default()
+    }
+
+    fn setup(read_only: bool) -> (tempfile::TempDir, MountFs<PassthroughFs, ObjectFs>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("vol")).unwrap();
+        std::fs::write(d.path().join("file"), "host").unwrap();
+        let md = std::fs::metadata(d.path().join("vol")).unwrap();
+        let root = PassthroughFs::new(d.path(), PassthroughOptions::default()).unwrap();
+        let cfg = Config::default_memory();
+        let (fs, _) = crate::cli::build_object_fs(&StorageSettings::default(), &cfg).unwrap();
+        let m = Mount { name: "vol".into(), point: MountPoint::key(md.dev(), md.ino()), fs, read_only };
+        (d, MountFs::new(root, vec![m]))
+    }
+
+    #[tokio::test]
+    async fn mount_point_routes_to_the_mount() {
+        let (d, fs) = setup(false);
+        fs.init(abi::FUSE_SUBMOUNTS);
+        let v = fs.lookup(&ctx(), ROOT, b"vol").await.unwrap();
+        assert_eq!(v.nodeid, global(0, ROOT));
+        assert_ne!(v.attr.flags & abi::FUSE_ATTR_SUBMOUNT, 0);
+        let (e, fh, _) = fs.create(&ctx(), v.nodeid, b"new", 0o644, libc::O_RDWR as u32, 0).await.unwrap();
+        assert_eq!(e.nodeid >> SHIFT, 1, "a node of mount 0");
+        assert_eq!(fs.write(&ctx(), e.nodeid, fh, 0, b"abc", 0).await.unwrap(), 3);
+        fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+        assert!(!d.path().join("vol/new").exists(), "written to the host directory");
+        // The root's nodes stay the root's; across file systems: EXDEV.
+        let f = fs.lookup(&ctx(), ROOT, b"file").await.unwrap();
+        assert_eq!(f.nodeid >> SHIFT, 0);
+        assert_eq!(fs.rename(&ctx(), ROOT, b"file", v.nodeid, b"file", 0).await.unwrap_err(), Errno::EXDEV);
+        assert_eq!(fs.link(&ctx(), f.nodeid, v.nodeid, b"l").await.unwrap_err(), Errno::EXDEV);
+        // Forgetting the mount root is harmless; it is found again.
+        fs.forget(v.nodeid, 10);
+        assert_eq!(fs.lookup(&ctx(), ROOT, b"vol").await.unwrap().nodeid, v.nodeid);
+        assert!(fs.getattr(&ctx(), global(1, ROOT), None).await.is_err(), "no mount 1");
+    }
+
+    #[tokio::test]
+    async fn read_only_mount_refuses_every_change() {
+        let (_d, fs) = setup(true);
+        fs.init(0);
+        let v = fs.lookup(&ctx(), ROOT, b"vol").await.unwrap();
+        assert_eq!(v.attr.flags & abi::FUSE_ATTR_SUBMOUNT, 0, "not announced without FUSE_SUBMOUNTS");
+        let n = v.nodeid;
+        assert_eq!(fs.create(&ctx(), n, b"x", 0o644, libc::O_WRONLY as u32, 0).await.unwrap_err(), Errno::EROFS);
+        assert_eq!(fs.mkdir(&ctx(), n, b"d", 0o755, 0).await.unwrap_err(), Errno::EROFS);
+        assert_eq!(fs.symlink(&ctx(), n, b"s", b"t").await.unwrap_err(), Errno::EROFS);
+        assert_eq!(fs.unlink(&ctx(), n, b"x").await.unwrap_err(), Errno::EROFS);
+        assert_eq!(
+            fs.setattr(&ctx(), n, SetAttr { mode: Some(0o700), ..Default::default() }).await.unwrap_err(),
+            Errno::EROFS
+        );
+        assert_eq!(fs.access(&ctx(), n, libc::W_OK as u32).await.unwrap_err(), Errno::EROFS);
+        let (fh, _) = fs.opendir(&ctx(), n, 0).await.unwrap();
+        fs.readdir(&ctx(), n, fh, 0, 4096, true).await.unwrap();
+        fs.releasedir(&ctx(), n, fh).await.unwrap();
+        // The passthrough beside it stays writable.
+        let (e, fh, _) = fs.create(&ctx(), ROOT, b"ok", 0o644, libc::O_RDWR as u32, 0).await.unwrap();
+        fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+    }
+}
