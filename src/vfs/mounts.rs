@@ -54,9 +54,9 @@ impl MountPoint {
         MountPoint { key, path: None }
     }
 
-    /// The directory at this host path (stat'ed, following symlinks as the
-    /// operator's own paths may; not guest-controlled). If it does not exist
-    /// yet, it is stat'ed again at each directory lookup until it does.
+    /// The directory at this host path (a final symlink is not followed:
+    /// it is not a directory). If it does not exist yet, it is stat'ed again
+    /// at each directory lookup until it does.
     pub fn host_dir(path: PathBuf) -> MountPoint {
         let mp = MountPoint { key: OnceLock::new(), path: Some(path) };
         mp.resolve();
@@ -68,7 +68,7 @@ impl MountPoint {
             return Some(*k);
         }
         use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(self.path.as_ref()?).ok().filter(|m| m.is_dir())?;
+        let md = std::fs::symlink_metadata(self.path.as_ref()?).ok().filter(|m| m.is_dir())?;
         Some(*self.key.get_or_init(|| (md.dev(), md.ino())))
     }
 
