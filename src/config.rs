@@ -1,6 +1,6 @@
 //! TOML configuration: parsing, defaults and validation, done once at start-up.
 //!
-//! The file has four sections, all optional:
+//! The file has these sections, all optional:
 //!
 //! - `[socket_settings]`: vhost-user socket path, virtio-fs tag, queue count;
 //! - `[cache_settings]`: data cache switches and attribute/entry TTLs;
@@ -10,7 +10,8 @@
 //!   used** (handy for tests; nothing persists);
 //! - `[backend_settings]`: retry/timeout policy, the POSIX defaults shown
 //!   for objects that carry no mode/uid/gid metadata, and fault injection
-//!   (`inject_*` keys: for testing; off by default).
+//!   (`inject_*` keys: for testing; off by default);
+//! - `[kata]`, `[profiles.NAME]`: Kata volumes (parsed by [`crate::kata`]).
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
@@ -37,6 +38,8 @@ pub struct Config {
     pub cache_settings: CacheSettings,
     pub storage_settings: StorageSettings,
     pub backend_settings: BackendSettings,
+    /// `[kata]` and `[profiles.*]` (see [`crate::kata`]).
+    pub kata: crate::kata::KataConfig,
 }
 
 /// `[socket_settings]`.
@@ -200,7 +203,7 @@ impl Default for BackendSettings {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn new(msg: impl Into<String>) -> Self {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
         // Always one line.
         let msg: String = msg.into();
         let one_line = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
@@ -267,6 +270,7 @@ impl Config {
             cache_settings: CacheSettings::default(),
             storage_settings: StorageSettings::default(),
             backend_settings: BackendSettings::default(),
+            kata: crate::kata::KataConfig::default(),
         }
     }
 
@@ -291,9 +295,11 @@ impl Config {
                 "cache_settings" => cfg.cache_settings = parse_cache(table)?,
                 "storage_settings" => cfg.storage_settings = parse_storage(table)?,
                 "backend_settings" => cfg.backend_settings = parse_backend(table)?,
+                "kata" => cfg.kata.parse_kata(table)?,
+                "profiles" => cfg.kata.parse_profiles(table)?,
                 _ => {
                     return Err(ConfigError::new(format!(
-                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings)"
+                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles)"
                     )))
                 }
             }
@@ -479,7 +485,13 @@ fn parse_cache(t: toml::Table) -> Result<CacheSettings, ConfigError> {
 }
 
 fn parse_storage(t: toml::Table) -> Result<StorageSettings, ConfigError> {
-    const S: &str = "storage_settings";
+    parse_storage_section("storage_settings", t)
+}
+
+/// A `type` + OpenDAL options table (`[storage_settings]`, `[profiles.NAME]`).
+pub(crate) fn parse_storage_section(section: &str, t: toml::Table) -> Result<StorageSettings, ConfigError> {
+    #[allow(non_snake_case)]
+    let S = section;
     let mut service = None;
     let mut options = BTreeMap::new();
     for (k, v) in &t {

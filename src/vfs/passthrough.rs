@@ -690,6 +690,12 @@ impl PassthroughFs {
     }
 }
 
+impl super::mounts::MountHost for PassthroughFs {
+    fn node_key(&self, nodeid: u64) -> Option<(u64, u64)> {
+        self.lock_nodes().by_id.get(&nodeid).map(|(n, _)| n.key)
+    }
+}
+
 impl Filesystem for PassthroughFs {
     fn init(&self, kernel_flags: u64) -> InitOptions {
         let on = self.opts.announce_submounts && kernel_flags & abi::FUSE_SUBMOUNTS != 0;
