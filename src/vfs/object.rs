@@ -19,8 +19,9 @@
 //! locks at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -28,7 +29,7 @@ use super::handle::HandleTable;
 use super::inode::{InodeTable, Kind};
 use super::staging::Staged;
 use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, ObjectWriter, PosixMeta};
-use crate::cache::{BlockCache, Lookup, Version};
+use crate::cache::{BlockCache, BlockKey, Lookup, Version};
 use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
 use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
@@ -52,6 +53,36 @@ pub struct ObjectFsOptions {
     pub max_file_size: u64,
     /// Most objects a directory rename may move.
     pub rename_dir_limit: usize,
+    /// Write-back: a periodic flusher uploads dirty files every
+    /// `flush_interval` without waiting for FLUSH/FSYNC/RELEASE.
+    pub write_back: bool,
+    pub flush_interval: Duration,
+    /// Staged bytes allowed before writers wait for uploads (`None`: a
+    /// quarter of the cache's memory limit, else 64 MiB). With a cache, the
+    /// cache's pool gives up this much of its limit.
+    pub dirty_limit: Option<usize>,
+    /// Largest readahead window per handle (0: off).
+    pub readahead_max: usize,
+    /// Reuse of a directory listing for READDIR/LOOKUP/GETATTR (0: off).
+    pub dir_cache_ttl: Duration,
+    /// Use listing attributes even where listings carry no POSIX metadata.
+    pub listing_attrs: bool,
+}
+
+impl ObjectFsOptions {
+    /// Take the `[cache_settings]` knobs of this file system from `c`.
+    pub fn with_cache_settings(mut self, c: &crate::config::CacheSettings) -> Self {
+        self.attr_timeout = c.attr_timeout;
+        self.entry_timeout = c.entry_timeout;
+        self.negative_timeout = c.negative_timeout;
+        self.write_back = c.enabled_cache_write_back;
+        self.flush_interval = c.flush_interval;
+        self.dirty_limit = c.dirty_limit;
+        self.readahead_max = c.readahead_max;
+        self.dir_cache_ttl = c.dir_cache_ttl;
+        self.listing_attrs = c.listing_attrs;
+        self
+    }
 }
 
 impl Default for ObjectFsOptions {
@@ -67,6 +98,12 @@ impl Default for ObjectFsOptions {
             part_size: 8 << 20,
             max_file_size: 1 << 40,
             rename_dir_limit: 10_000,
+            write_back: false,
+            flush_interval: Duration::from_secs(5),
+            dirty_limit: None,
+            readahead_max: 64 << 20,
+            dir_cache_ttl: Duration::ZERO,
+            listing_attrs: false,
         }
     }
 }
@@ -86,6 +123,8 @@ struct Snapshot {
     /// cached blocks of another version are not served (close-to-open
     /// consistency with other writers).
     version: Option<Version>,
+    /// The object's size when it was opened (readahead stops there).
+    object_size: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -103,6 +142,15 @@ struct FileState {
     sequential: bool,
     /// The multipart upload streaming this file's first `sent` bytes.
     stream: Option<Stream>,
+    /// Bytes `[0, punched)` of the staged file were sent by `stream` and
+    /// their memory given back (only under memory pressure). While the
+    /// stream is open they exist nowhere but in the upload.
+    punched: u64,
+    /// A streamed upload whose released parts cannot be re-sent failed:
+    /// reported by every later FSYNC/FLUSH/RELEASE of the file.
+    lost: Option<Errno>,
+    /// When the file last became dirty (the periodic flusher's clock).
+    dirty_since: Option<Instant>,
 }
 
 /// A multipart upload that started while the file was still being written
@@ -126,6 +174,34 @@ impl std::fmt::Debug for Stream {
 struct OpenFile {
     state: tokio::sync::Mutex<FileState>,
     snap: Mutex<Snapshot>,
+    /// Staged bytes this file holds against the budget (see [`Budget`]).
+    charged: AtomicU64,
+    budget: Arc<Budget>,
+}
+
+/// Staged bytes of all open files against `dirty_limit`.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicU64,
+    limit: AtomicU64,
+    /// Signalled whenever staged bytes are given back.
+    freed: tokio::sync::Notify,
+}
+
+impl Budget {
+    fn over(&self, extra: u64) -> bool {
+        self.used.load(Ordering::Acquire).saturating_add(extra) > self.limit.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        let c = self.charged.swap(0, Ordering::AcqRel);
+        if c > 0 {
+            self.budget.used.fetch_sub(c, Ordering::AcqRel);
+            self.budget.freed.notify_waiters();
+        }
+    }
 }
 
 impl OpenFile {
@@ -143,7 +219,26 @@ struct FileHandle {
     nodeid: u64,
     file: Arc<OpenFile>,
     writable: bool,
+    ra: Mutex<ReadAhead>,
 }
+
+/// Sequential-read detection of one handle.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// End of the previous read (0 before the first).
+    last_end: u64,
+    /// Sequential reads in a row.
+    streak: u32,
+    /// Current window (0: off).
+    window: u64,
+    /// Readahead has been issued up to here.
+    issued: u64,
+}
+
+/// Blocks being fetched (readahead or a foreground miss): waiters acquire
+/// the semaphore, which the fetcher closes when the block is in the cache
+/// (or the fetch failed).
+type InFlight = Arc<Mutex<HashMap<BlockKey, Arc<tokio::sync::Semaphore>>>>;
 
 #[derive(Debug)]
 struct Listed {
@@ -158,8 +253,21 @@ struct DirHandle {
     snapshot: Mutex<Option<Arc<Vec<Listed>>>>,
 }
 
-/// The object-store file system.
+/// The object-store file system (a handle on [`Core`], shared with the
+/// periodic flusher task).
 pub struct ObjectFs {
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for ObjectFs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The state of an [`ObjectFs`].
+pub struct Core {
     backend: Backend,
     caps: Caps,
     opts: ObjectFsOptions,
@@ -175,6 +283,11 @@ pub struct ObjectFs {
     cache: Option<BlockCache>,
     /// Bytes sent by streaming uploads while files were being written.
     streamed: std::sync::atomic::AtomicU64,
+    budget: Arc<Budget>,
+    inflight: InFlight,
+    /// Directory path -> (listed at, listing), reused for `dir_cache_ttl`.
+    listings: Mutex<HashMap<String, (Instant, Arc<Vec<Listed>>)>>,
+    flusher: std::sync::atomic::AtomicBool,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -215,10 +328,19 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// Staged bytes allowed without a cache to take the limit from.
+const DEFAULT_DIRTY_LIMIT: usize = 64 << 20;
+
 impl ObjectFs {
     pub fn new(backend: Backend, opts: ObjectFsOptions) -> Self {
         let caps = backend.caps();
-        ObjectFs {
+        let limit = opts.dirty_limit.unwrap_or(DEFAULT_DIRTY_LIMIT) as u64;
+        let budget = Arc::new(Budget {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+            freed: tokio::sync::Notify::new(),
+        });
+        let core = Core {
             backend,
             caps,
             opts,
@@ -229,7 +351,12 @@ impl ObjectFs {
             started: now(),
             cache: None,
             streamed: std::sync::atomic::AtomicU64::new(0),
-        }
+            budget,
+            inflight: Arc::default(),
+            listings: Mutex::new(HashMap::new()),
+            flusher: std::sync::atomic::AtomicBool::new(false),
+        };
+        ObjectFs { core: Arc::new(core) }
     }
 
     /// Bytes sent by streaming uploads before their files' durability point
@@ -241,9 +368,22 @@ impl ObjectFs {
     /// Serve reads of unmodified files from `cache` (blocks of
     /// `cache.block_size()` bytes, fetched whole: a sequential reader makes
     /// one back-end request per block).
+    ///
+    /// The staged bytes of files being written share the pool's memory
+    /// limit: the pool gives up `dirty_limit` of it (by default a quarter).
     pub fn with_cache(mut self, cache: BlockCache) -> Self {
-        self.cache = Some(cache);
+        let core = Arc::get_mut(&mut self.core).expect("with_cache before the file system is shared");
+        let total = cache.pool().memory_limit();
+        let dirty = core.opts.dirty_limit.unwrap_or(total / 4).min(total / 2);
+        cache.pool().set_memory_limit(total - dirty);
+        core.budget.limit.store(dirty as u64, Ordering::Relaxed);
+        core.cache = Some(cache);
         self
+    }
+
+    /// Staged bytes held by open files, and the limit (tests, metrics).
+    pub fn staged_bytes(&self) -> (u64, u64) {
+        (self.budget.used.load(Ordering::Acquire), self.budget.limit.load(Ordering::Relaxed))
     }
 
     /// Data cache counters, when the cache is on (tests, metrics).
@@ -255,7 +395,9 @@ impl ObjectFs {
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.inodes.len(), self.files.len(), self.dirs.len())
     }
+}
 
+impl Core {
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<OpenFile>, usize)>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -288,8 +430,13 @@ impl ObjectFs {
                     opened_empty: false,
                     sequential: false,
                     stream: None,
+                    punched: 0,
+                    lost: None,
+                    dirty_since: None,
                 }),
                 snap: Mutex::new(init()),
+                charged: AtomicU64::new(0),
+                budget: self.budget.clone(),
             };
             (Arc::new(f), 0)
         });
@@ -550,7 +697,7 @@ impl ObjectFs {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "streaming upload abandoned; the file is uploaded whole later");
-                    Self::drop_stream(st).await;
+                    Core::drop_stream(st).await;
                     return;
                 }
             }
@@ -603,7 +750,7 @@ impl ObjectFs {
         }
         // Writers need the object's metadata to keep it on rewrite; readers
         // through the cache need its version.
-        let (posix, version) = if (writable && self.caps.user_metadata) || self.cache.is_some() {
+        let (posix, version, object_size) = if (writable && self.caps.user_metadata) || self.cache.is_some() {
             let m = self.backend.lookup(path).await?;
             if m.kind == EntryKind::Dir {
                 return Err(Errno::EISDIR);
@@ -615,9 +762,9 @@ impl ObjectFs {
                     format!("{}:{}", m.size, t.as_nanos()).into()
                 }
             };
-            (if writable { m.posix } else { PosixMeta::default() }, Some(version))
+            (if writable { m.posix } else { PosixMeta::default() }, Some(version), Some(m.size))
         } else {
-            (PosixMeta::default(), None)
+            (PosixMeta::default(), None, None)
         };
         Ok(self.acquire(nodeid, || Snapshot {
             staged: false,
@@ -627,6 +774,7 @@ impl ObjectFs {
             mtime: now(),
             posix,
             version,
+            object_size,
         }))
     }
 
@@ -648,7 +796,7 @@ impl ObjectFs {
         // Emptied by O_TRUNC: may stream again; any other size change may
         // rewrite what a stream already sent.
         st.sequential = from_open && size == 0;
-        Self::drop_stream(&mut st).await;
+        Core::drop_stream(&mut st).await;
         st.dirty = true;
         file.update(|x| {
             x.staged = true;
@@ -802,7 +950,7 @@ impl ObjectFs {
             if let Some(f) = self.open_file(id) {
                 let mut st = f.state.lock().await;
                 self.ensure_staged(id, &f, &mut st).await?;
-                Self::drop_stream(&mut st).await;
+                Core::drop_stream(&mut st).await;
                 st.dirty = false;
                 f.update(|x| x.unlinked = true);
             }
@@ -1007,7 +1155,7 @@ impl Filesystem for ObjectFs {
                 // A RELEASE may have uploaded it while we waited for the lock:
                 // then it is deleted from the back-end below.
                 if !f.snap().in_backend {
-                    Self::drop_stream(&mut st).await;
+                    Core::drop_stream(&mut st).await;
                     st.dirty = false;
                     f.update(|x| x.unlinked = true);
                     drop(st);
@@ -1114,7 +1262,7 @@ impl Filesystem for ObjectFs {
                 return Err(e);
             }
         }
-        let fh = self.files.insert(FileHandle { nodeid, file, writable });
+        let fh = self.files.insert(FileHandle { nodeid, file, writable, ra: Mutex::default() });
         Ok((fh, 0))
     }
 
@@ -1150,7 +1298,16 @@ impl Filesystem for ObjectFs {
         let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
         let id = self.inodes.lookup(&path, Kind::File);
         let snap =
-            Snapshot { staged: true, in_backend: false, unlinked: false, size: 0, mtime: now(), posix, version: None };
+            Snapshot {
+            staged: true,
+            in_backend: false,
+            unlinked: false,
+            size: 0,
+            mtime: now(),
+            posix,
+            version: None,
+            object_size: None,
+        };
         let file = self.acquire(id, || snap.clone());
         {
             let mut st = file.state.lock().await;
@@ -1168,7 +1325,7 @@ impl Filesystem for ObjectFs {
             st.sequential = true;
         }
         let writable = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
-        let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable });
+        let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable, ra: Mutex::default() });
         Ok((self.entry(id, self.attr_from_snap(id, &file.snap())), fh, 0))
     }
 
@@ -1208,7 +1365,7 @@ impl Filesystem for ObjectFs {
             let size = s.size();
             if !appends && !data.is_empty() {
                 st.sequential = false;
-                Self::drop_stream(&mut st).await;
+                Core::drop_stream(&mut st).await;
             }
             st.dirty = true;
             st.opened_empty = false;
