@@ -59,6 +59,12 @@ impl Staged {
         Ok(())
     }
 
+    /// Bytes of memory the memfd holds (its allocated pages).
+    pub fn resident(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(self.size)
+    }
+
     /// Give back the memory of `[off, off + len)` (the bytes read as zeros
     /// afterwards; the size does not change). Used for parts of a streamed
     /// upload that the back-end already has.
@@ -113,10 +119,7 @@ mod tests {
     fn punch_frees_pages_and_keeps_size() {
         let mut s = Staged::new().unwrap();
         s.write(0, &vec![7u8; 1 << 20]).unwrap();
-        let blocks = |s: &Staged| {
-            use std::os::unix::fs::MetadataExt;
-            s.file.metadata().unwrap().blocks() * 512
-        };
+        let blocks = |s: &Staged| s.resident();
         assert!(blocks(&s) >= 1 << 20);
         s.punch(0, 1 << 19).unwrap();
         assert_eq!(s.size(), 1 << 20);
