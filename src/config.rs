@@ -75,7 +75,7 @@ pub struct CacheSettings {
     /// default 64 MiB).
     pub readahead_max: usize,
     /// How long a directory listing is reused for READDIR, LOOKUP and
-    /// GETATTR of its entries (0: not at all; default 1 s).
+    /// GETATTR of its entries (0: not at all, the default).
     pub dir_cache_ttl: Duration,
     /// Trust a listing's attributes on object stores whose listings carry no
     /// POSIX metadata (S3): `ls -l` needs no HEAD per entry, but mode/uid/gid
@@ -97,7 +97,7 @@ impl Default for CacheSettings {
             dirty_limit: None,
             flush_interval: Duration::from_secs(5),
             readahead_max: 64 << 20,
-            dir_cache_ttl: Duration::from_secs(1),
+            dir_cache_ttl: Duration::ZERO,
             listing_attrs: false,
         }
     }

@@ -12,11 +12,19 @@
 //! file as one PUT or one multipart upload, so the object is replaced
 //! atomically and never visible half-written.
 //!
+//! Memory: staged bytes are counted against `dirty_limit` (part of the
+//! cache's `memory_limit`); writers wait for room (back-pressure) while
+//! streamed parts give their memory back and other staged files are
+//! uploaded early. With write-back on, a periodic flusher uploads files that
+//! stayed dirty. Reads of unmodified files go through the block cache with
+//! per-handle readahead; directory listings may be reused for a TTL.
+//! See docs/ARCHITECTURE.md ("Writes and durability", "Reads").
+//!
 //! Lock order: `open` (std mutex, the open-file table) may be taken while
 //! holding nothing else; an open file's `state` (tokio mutex) may be held
 //! across back-end calls and is the only lock ever held across `.await`; a
 //! file's `snap` (std mutex) is taken last and briefly. Never two `state`
-//! locks at once.
+//! locks at once. `inflight`, `listings` and a handle's `ra` are leaves.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -891,16 +899,22 @@ impl Core {
 
     /// Wait until the staged bytes leave room for `extra` more (back-pressure
     /// on writers): release what streaming uploads already sent, then upload
-    /// the largest other staged files and drop their copies. Never called
-    /// with a state lock held.
+    /// the largest staged files and drop their copies. A file staged whole
+    /// that alone takes more than half the limit (random writes to a large
+    /// object) is uploaded but keeps its copy: dropping it would reload the
+    /// whole object on its next write. Returns when there is room, or when
+    /// nothing more can be freed (no streaming upload left to wait for).
+    /// Never called with a state lock held.
     async fn make_room(&self, extra: u64) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let half = self.budget.limit.load(Ordering::Relaxed) / 2;
         while self.budget.over(extra) {
             let mut files: Vec<(u64, Arc<OpenFile>)> =
                 self.lock_open().iter().map(|(id, (f, _))| (*id, f.clone())).collect();
             files.retain(|(_, f)| f.charged.load(Ordering::Relaxed) > 0);
             files.sort_by_key(|(_, f)| std::cmp::Reverse(f.charged.load(Ordering::Relaxed)));
             let mut freed = false;
+            let mut streaming = false;
             let mut failed = None;
             for (id, f) in files {
                 if !self.budget.over(extra) {
@@ -909,10 +923,12 @@ impl Core {
                 let before = f.charged.load(Ordering::Relaxed);
                 let mut st = f.state.lock().await;
                 if st.stream.is_some() {
+                    streaming = true;
                     Self::release_sent(&f, &mut st);
                 } else if !st.opened_empty && !f.snap().unlinked {
                     match self.upload_locked(id, &f, &mut st).await {
-                        Ok(()) => self.unstage(id, &f, &mut st).await,
+                        Ok(()) if before <= half => self.unstage(id, &f, &mut st).await,
+                        Ok(()) => {}
                         Err(e) => failed = Some(e),
                     }
                 }
@@ -925,8 +941,8 @@ impl Core {
                 // The back-end refuses uploads: do not grow memory.
                 return Err(e);
             }
-            if Instant::now() >= deadline {
-                tracing::warn!("staged bytes stay above dirty_limit: nothing can be uploaded");
+            if !streaming || Instant::now() >= deadline {
+                tracing::debug!("staged bytes stay above dirty_limit: nothing more can be released");
                 return Ok(());
             }
             let wait = self.budget.freed.notified();
@@ -1288,7 +1304,10 @@ impl Core {
             if ra.streak < 2 {
                 return;
             }
-            let max = (self.opts.readahead_max as u64).max(bs);
+            // Never more than a quarter of the pool: blocks read ahead must
+            // not evict each other before they are read.
+            let pool = cache.pool().memory_limit() as u64 / 4;
+            let max = (self.opts.readahead_max as u64).min(pool).max(bs);
             ra.window = if ra.window == 0 { (2 * bs).min(max) } else { ra.window.saturating_mul(2).min(max) };
             let to = end.saturating_add(ra.window).min(object_size.unwrap_or(u64::MAX));
             let from = ra.issued.max(end - end % bs);
