@@ -352,3 +352,81 @@ async fn listing_cache_serves_ls_l_without_per_entry_lookups() {
     }
     assert_eq!(count(&log2, "lookup "), 50);
 }
+
+/// Real S3 (SeaweedFS), only when `OVFS_TEST_S3_ENDPOINT` is set (`make test`
+/// sets it): a 64 MiB file streamed under a 16 MiB dirty limit (real
+/// multipart, parts released as they go), durable at FSYNC, then read back
+/// cold through the cache with readahead. Prints the read time against one
+/// direct GET of the object (information, not a check: see docs/PERFORMANCE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_streamed_write_and_readahead() {
+    let Ok(endpoint) = std::env::var("OVFS_TEST_S3_ENDPOINT") else {
+        eprintln!("OVFS_TEST_S3_ENDPOINT not set; skipping");
+        return;
+    };
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let mut options = BTreeMap::new();
+    for (k, v) in [
+        ("bucket", var("OVFS_TEST_S3_BUCKET", "test")),
+        ("region", "us-east-1".to_string()),
+        ("endpoint", endpoint),
+        ("access_key_id", var("OVFS_TEST_S3_ACCESS_KEY_ID", "")),
+        ("secret_access_key", var("OVFS_TEST_S3_SECRET_ACCESS_KEY", "")),
+        ("root", format!("/ovfs-cache-test-{nanos}/")),
+    ] {
+        options.insert(k.to_string(), v);
+    }
+    let b = Backend::build(&StorageSettings { service: "s3".into(), options }, &BackendSettings::default()).unwrap();
+    let log: Log = Arc::default();
+    let l = log.clone();
+    b.record_calls(Arc::new(move |op, path| l.lock().unwrap().push(format!("{op} {path}"))));
+    let pool = Pool::with_limit(64 * MIB).unwrap();
+    let cache = BlockCache::new(pool, CacheConfig::default()).unwrap();
+    let opts = ObjectFsOptions { dirty_limit: Some(16 * MIB), part_size: 8 * MIB, ..Default::default() };
+    let fs = ObjectFs::new(b.clone(), opts).with_cache(cache);
+
+    let data = pattern(64 * MIB, 9);
+    let (ino, fh) = create(&fs, "big").await;
+    let t0 = Instant::now();
+    let mut peak = 0;
+    for (i, c) in data.chunks(MIB).enumerate() {
+        fs.write(&ctx(), ino, fh, (i * MIB) as u64, c, 0).await.unwrap();
+        peak = peak.max(fs.staged_bytes().0);
+    }
+    fs.fsync(&ctx(), ino, fh, false).await.unwrap();
+    let write_time = t0.elapsed();
+    log.lock().unwrap().push("FSYNC returned".into());
+    fs.release(&ctx(), ino, fh, 0).await.unwrap();
+    let l = log.lock().unwrap().clone();
+    let close = l.iter().position(|e| e == "close big").expect("multipart completed");
+    assert!(close < l.iter().position(|e| e == "FSYNC returned").unwrap());
+    assert!(count(&log, "part big") >= 7, "streamed in parts");
+    assert!(peak <= (16 + 2) * MIB as u64, "staged bytes peaked at {peak}");
+
+    let t1 = Instant::now();
+    let direct = b.read("big", 0, data.len() as u64).await.unwrap();
+    let direct_time = t1.elapsed();
+    assert!(direct == data, "object differs");
+    log.lock().unwrap().clear();
+    let (ino, fh) = open_ro(&fs, "big").await;
+    let t2 = Instant::now();
+    let mut off = 0u64;
+    while (off as usize) < data.len() {
+        let got = fs.read(&ctx(), ino, fh, off, 1 << 20).await.unwrap();
+        assert!(got[..] == data[off as usize..off as usize + got.len()], "read at {off}");
+        off += got.len() as u64;
+    }
+    let read_time = t2.elapsed();
+    fs.release(&ctx(), ino, fh, 0).await.unwrap();
+    assert_eq!(count(&log, "read big"), 32, "each 2 MiB block fetched once");
+    eprintln!(
+        "s3 64 MiB: streamed write+fsync {:.2} s (staged peak {} MiB); direct GET {:.2} s, \
+         cold sequential read with readahead {:.2} s ({:.0}% of direct)",
+        write_time.as_secs_f64(),
+        peak >> 20,
+        direct_time.as_secs_f64(),
+        read_time.as_secs_f64(),
+        100.0 * direct_time.as_secs_f64() / read_time.as_secs_f64()
+    );
+}
