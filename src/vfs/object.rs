@@ -85,7 +85,7 @@ impl ObjectFsOptions {
         self.negative_timeout = c.negative_timeout;
         self.write_back = c.enabled_cache_write_back;
         self.flush_interval = c.flush_interval;
-        self.dirty_limit = c.dirty_limit;
+        self.dirty_limit = Some(c.dirty_limit.unwrap_or(c.memory_limit / 4));
         self.readahead_max = c.readahead_max;
         self.dir_cache_ttl = c.dir_cache_ttl;
         self.listing_attrs = c.listing_attrs;
