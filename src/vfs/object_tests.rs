@@ -353,16 +353,12 @@ async fn listing_cache_serves_ls_l_without_per_entry_lookups() {
     assert_eq!(count(&log2, "lookup "), 50);
 }
 
-/// Real S3 (SeaweedFS), only when `OVFS_TEST_S3_ENDPOINT` is set (`make test`
-/// sets it): a 64 MiB file streamed under a 16 MiB dirty limit (real
-/// multipart, parts released as they go), durable at FSYNC, then read back
-/// cold through the cache with readahead. Prints the read time against one
-/// direct GET of the object (information, not a check: see docs/PERFORMANCE).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_streamed_write_and_readahead() {
+/// A back-end on the test S3 server under a fresh root, when
+/// `OVFS_TEST_S3_ENDPOINT` is set.
+fn s3_backend() -> Option<Backend> {
     let Ok(endpoint) = std::env::var("OVFS_TEST_S3_ENDPOINT") else {
         eprintln!("OVFS_TEST_S3_ENDPOINT not set; skipping");
-        return;
+        return None;
     };
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -377,7 +373,49 @@ async fn s3_streamed_write_and_readahead() {
     ] {
         options.insert(k.to_string(), v);
     }
-    let b = Backend::build(&StorageSettings { service: "s3".into(), options }, &BackendSettings::default()).unwrap();
+    Some(Backend::build(&StorageSettings { service: "s3".into(), options }, &BackendSettings::default()).unwrap())
+}
+
+/// S3 listings carry no POSIX metadata: with `listing_attrs` and the
+/// listing cache, `ls -l` needs one listing and no HEAD per entry; without
+/// them every entry costs a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ls_l_from_one_listing() {
+    let Some(b) = s3_backend() else { return };
+    b.create_dir("d").await.unwrap();
+    for i in 0..40 {
+        b.write(&format!("d/f{i:02}"), Bytes::from(vec![b'y'; i]), &PosixMeta::default()).await.unwrap();
+    }
+    for listing_attrs in [true, false] {
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let b = b.clone();
+        let opts = ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), listing_attrs, ..Default::default() };
+        let fs = ObjectFs::new(b.clone(), opts);
+        let d = fs.lookup(&ctx(), FUSE_ROOT_ID, b"d").await.unwrap().nodeid;
+        // A back-end takes one recorder: it counts the first round.
+        if listing_attrs {
+            assert!(b.record_calls(Arc::new(move |op, path| l.lock().unwrap().push(format!("{op} {path}")))));
+            assert_eq!(ls(&fs, d).await, 40);
+            assert_eq!(count(&log, "list d"), 1);
+            assert_eq!(count(&log, "lookup "), 0, "no HEAD per entry");
+            let e = fs.lookup(&ctx(), d, b"f07").await.unwrap();
+            assert_eq!(e.attr.size, 7, "size from the listing");
+        } else {
+            // Without listing_attrs the S3 listing is not trusted for attributes.
+            assert!(fs.listed("d/f07").is_none());
+        }
+    }
+}
+
+/// Real S3 (SeaweedFS), only when `OVFS_TEST_S3_ENDPOINT` is set (`make test`
+/// sets it): a 64 MiB file streamed under a 16 MiB dirty limit (real
+/// multipart, parts released as they go), durable at FSYNC, then read back
+/// cold through the cache with readahead. Prints the read time against one
+/// direct GET of the object (information, not a check: see docs/PERFORMANCE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_streamed_write_and_readahead() {
+    let Some(b) = s3_backend() else { return };
     let log: Log = Arc::default();
     let l = log.clone();
     b.record_calls(Arc::new(move |op, path| l.lock().unwrap().push(format!("{op} {path}"))));
