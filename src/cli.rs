@@ -423,7 +423,8 @@ pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(Objec
         part_size: b.part_size,
         rename_dir_limit: b.rename_dir_limit,
         ..Default::default()
-    };
+    }
+    .with_cache_settings(c);
     let mut fs = ObjectFs::new(backend.clone(), opts);
     if c.enabled_cache {
         let pool =
