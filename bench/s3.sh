@@ -161,13 +161,13 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
       dir=small-$p-$run
       if [ "$p" = direct ]; then
         read -r secs _ < <(s3b put-many "$dir" "$nsmall" 4096)
-        emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$secs" 'BEGIN{printf "%.1f", n / s}')" files/s "\"durable\":$nsmall"
+        emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$secs" 'BEGIN{printf "%.1f", n / s}')" files/s "\"durable\":$nsmall,\"count\":$nsmall"
       else
         mount_peer "$p" "$W/mnt"
         j=$("$here/s3io.py" small "$W/mnt/$dir" "$nsmall" 4096 "$dir")
         umount_peer
         emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$(jget "$j" secs)" 'BEGIN{printf "%.1f", n / s}')" files/s \
-          "\"durable\":$(jget "$j" durable)"
+          "\"durable\":$(jget "$j" durable),\"count\":$nsmall"
       fi
     done
     # free the server's disk: big written objects
