@@ -1,3 +1,5 @@
+# variables here are used by the scripts that source this file
+# shellcheck shell=bash disable=SC2034
 # Shared helpers of the benchmark scripts (sourced). Results are JSON lines:
 #   {"suite":"guest","workload":"seqread-1m","depth":1,"daemon":"ovfs","run":1,"value":123.4,"unit":"MB/s"}
 # plus optional extra keys (e.g. "durable":true, "note":"..."). bench/plot.py reads them.

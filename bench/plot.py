@@ -138,10 +138,7 @@ def main():
             extra = ""
             if w in ("write-fsync", "small-files"):
                 dur = [r.get("durable") for r in groups[k]]
-                if w == "write-fsync":
-                    durable = all(d is True for d in dur)
-                else:
-                    durable = all(r.get("durable") == r.get("count") for r in groups[k])
+                durable = all(d is True for d in dur) if w == "write-fsync" else not_false(groups[k])
                 ok = ok and durable
                 extra = " (durable)" if durable else " (NOT durable)"
             verdicts.append(ok)
@@ -215,7 +212,7 @@ def main():
                             cells.append("-")
                 out.append(f"| {w} | {dp} | " + " | ".join(cells) + " |")
             out.append("")
-        if not a.no_plots and plot(suite, wls, daemons, subj, peers, med, unit, a.out):
+        if not a.no_plots and plot(suite, wls, daemons, peers, med, unit, groups, a.out):
             out.append(f"![{suite}](perf/{suite}.png)\n")
 
     # durability notes
@@ -246,7 +243,17 @@ def main():
     return 0
 
 
-def plot(suite, wls, daemons, subj, peers, med, unit, outdir):
+def not_false(rows):
+    """Every row durable: `durable` true, or equal to `count` (files durable at close)."""
+    return all(r.get("durable") is True or ("count" in r and r.get("durable") == r["count"]) for r in rows)
+
+
+def durable(rows):
+    """False only when some row says it was not durable."""
+    return all("durable" not in r or r["durable"] is True or r.get("durable") == r.get("count") for r in rows)
+
+
+def plot(suite, wls, daemons, peers, med, unit, groups, outdir):
     try:
         import matplotlib
 
@@ -265,17 +272,26 @@ def plot(suite, wls, daemons, subj, peers, med, unit, outdir):
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(wl) * max(1, len(shown)) / 2), 4.5))
     width = 0.8 / len(shown)
     for i, d in enumerate(shown):
-        xs, ys = [], []
+        xs, ys, hatch = [], [], []
         for j, (w, dp) in enumerate(wl):
             k, kr = (suite, w, dp, d), (suite, w, dp, ref)
             if k in med and med[k] > 0 and med[kr] > 0:
                 xs.append(j + i * width - 0.4 + width / 2)
                 ys.append(speed(med[k], unit[k]) / speed(med[kr], unit[k]))
-        ax.bar(xs, ys, width, label=d)
+                hatch.append(not durable(groups[k]))
+        bars = ax.bar(xs, ys, width, label=d)
+        for b, h in zip(bars, hatch):
+            if h:  # fast because it did not wait for the server
+                b.set_hatch("//")
+                ax.annotate("not durable", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                            va="bottom", fontsize="x-small", rotation=90)
     ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")  # ratios: 0.5x and 2x equally far from 1
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, 0.5), max(hi, 2.0) * 3)
     ax.set_xticks(range(len(wl)))
     ax.set_xticklabels([w if dp == 1 else f"{w}\nd{dp}" for w, dp in wl], rotation=30, ha="right")
-    ax.set_ylabel(f"speed relative to {ref} (higher = faster)")
+    ax.set_ylabel(f"speed relative to {ref} (log; higher = faster)")
     ax.set_title(f"{suite}: medians relative to {ref}")
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -150,7 +150,11 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
         read -r secs n < <(s3b list list)
       else
         mount_peer "$p" "$W/mnt"
-        t=$(now); n=$(ls -l "$W/mnt/list" | grep -c '^-'); secs=$(elapsed "$t")
+        t=$(now)
+        # the point is `ls -l` itself
+        # shellcheck disable=SC2010
+        n=$(ls -l "$W/mnt/list" | grep -c '^-')
+        secs=$(elapsed "$t")
         umount_peer
       fi
       [ "$n" = "$nlist" ] || log "ls-l $p listed $n of $nlist"
@@ -182,7 +186,7 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
   (
     mx_rss=0 mx_shm=0 mx_anon=0 mx_memfd=0 mx_sys=0
     while kill -0 "$pid" 2>/dev/null; do
-      eval "$(awk '/^VmRSS:/{print "r="$2} /^RssShmem:/{print "s="$2} /^RssAnon:/{print "a="$2}' "/proc/$pid/status" 2>/dev/null)"
+      eval "$(awk '/^VmRSS:/{print "r="$2} /^RssShmem:/{print "s="$2} /^RssAnon:/{print "an="$2}' "/proc/$pid/status" 2>/dev/null)"
       m=0
       for f in /proc/"$pid"/fd/*; do
         case "$(readlink "$f" 2>/dev/null)" in /memfd:*) m=$((m + $(stat -L -c %s "$f" 2>/dev/null || echo 0))) ;; esac
@@ -190,7 +194,7 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
       sys=$(( $(awk '/^Shmem:/{print $2}' /proc/meminfo) - shmem0 ))
       [ "${r:-0}" -gt "$mx_rss" ] && mx_rss=$r
       [ "${s:-0}" -gt "$mx_shm" ] && mx_shm=$s
-      [ "${a:-0}" -gt "$mx_anon" ] && mx_anon=$a
+      [ "${an:-0}" -gt "$mx_anon" ] && mx_anon=$an
       [ "$((m / 1024))" -gt "$mx_memfd" ] && mx_memfd=$((m / 1024))
       [ "$sys" -gt "$mx_sys" ] && mx_sys=$sys
       echo "$mx_rss $mx_shm $mx_anon $mx_memfd $mx_sys" >"$W/rss.max"

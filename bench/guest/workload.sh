@@ -47,7 +47,8 @@ rm -f "$M/bench-seq.bin"
 # metadata: create / stat / ls -l / unlink N files (dentry and inode caches dropped between
 # phases so every phase reaches the daemon)
 D=$M/bench-meta
-mkdir -p "$D" && cd "$D" || { echo "BENCH-FAIL meta mkdir"; exit 1; }
+mkdir -p "$D" || { echo "BENCH-FAIL meta mkdir"; exit 1; }
+cd "$D" || exit 1
 total=0
 phase() {  # workload centiseconds ops unit
   cs=$2; [ "$cs" -gt 0 ] || cs=1
@@ -65,13 +66,14 @@ drop; t0=$(now_cs)
 i=0; while [ $i -lt "$N" ]; do [ -e "f$i" ] || { echo "BENCH-FAIL meta-stat f$i"; fail=1; break; }; i=$((i + 1)); done
 phase meta-stat $(($(now_cs) - t0)) "$N" ops/s
 drop; t0=$(now_cs)
+# shellcheck disable=SC2010
 cnt=$(ls -l | grep -c ' f[0-9]*$')
 phase meta-ls-l $(($(now_cs) - t0)) 1 s
 [ "$cnt" = "$N" ] || { echo "BENCH-FAIL meta-ls-l listed $cnt of $N"; fail=1; }
 drop; t0=$(now_cs)
 rm -f f* || { echo "BENCH-FAIL meta-unlink"; fail=1; }
 phase meta-unlink $(($(now_cs) - t0)) "$N" ops/s
-left=$(ls | wc -l)
+left=$(find . -mindepth 1 | wc -l)
 [ "$left" = 0 ] || { echo "BENCH-FAIL meta-unlink $left left"; fail=1; }
 awk -v c="$total" 'BEGIN{printf "BENCH meta-total %.2f s\n", c / 100}'
 cd "$M" && rmdir "$D"
