@@ -182,7 +182,7 @@ def main():
         subj, peers = REFERENCE.get(suite, ("ovfs", []))
         daemons.sort(key=lambda d: (0 if d in SUBJECTS.get(suite, [subj]) else 1 if d in peers else 2, d))
         wls = sorted({(k[1], k[2]) for k in med if k[0] == suite}, key=lambda x: order[(suite, x[0], x[1])])
-        out.append(f"### Suite `{suite}`: medians (runs)\n")
+        out.append(f"### Suite `{suite}`: medians [min–max] (runs)\n")
         out.append("| workload | depth | unit | " + " | ".join(daemons) + " |")
         out.append("|---|---|---|" + "---|" * len(daemons))
         for w, dp in wls:
@@ -190,7 +190,12 @@ def main():
             cells = []
             for d in daemons:
                 k = (suite, w, dp, d)
-                cells.append(f"{fmt(med[k])} ({len(groups[k])})" if k in med else "-")
+                if k not in med:
+                    cells.append("-")
+                    continue
+                vs = [float(r["value"]) for r in groups[k]]
+                spread = f" [{fmt(min(vs))}–{fmt(max(vs))}]" if len(vs) > 1 else ""
+                cells.append(f"{fmt(med[k])}{spread} ({len(vs)})")
             out.append(f"| {w} | {dp} | {u} | " + " | ".join(cells) + " |")
         out.append("")
         # ratio table: each subject vs each peer
