@@ -15,7 +15,8 @@
 # env: BENCH_RUNS (3), BENCH_QUICK=1 (small sizes), BENCH_S3_BIG_MIB (1024), BENCH_S3_NLIST (10000),
 #      BENCH_S3_NSMALL (1000), BENCH_S3_RSS_MIB (4096), BENCH_S3_MEMORY_LIMIT (256MiB),
 #      BENCH_S3_GUEST=0 (skip the guest part), BENCH_S3_HOST=0 (skip the host part),
-#      BENCH_S3_GUEST_SEQ_MIB (64), BENCH_S3_GUEST_RAND_SECS (10), BENCH_S3_GUEST_META_N (200)
+#      BENCH_S3_GUEST_SEQ_MIB (64), BENCH_S3_GUEST_RAND_SECS (10), BENCH_S3_GUEST_META_N (200),
+#      BENCH_KEEP_S3=1 (keep the server's data directory; by default it is deleted at exit)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ -z "${OVFS_TEST_S3_ENDPOINT:-}" ]; then exec "$here/../tests/tools/with-s3.sh" "$0" "$@"; fi
@@ -44,6 +45,9 @@ cleanup() {
   stop_pid "$daemon_pid"
   [ -n "$mnt_now" ] && umount_peer
   rm -rf "$S"
+  # the objects written here take GiBs: drop the server's data (with-s3.sh stops the server
+  # right after this script; BENCH_KEEP_S3=1 keeps them)
+  [ "${BENCH_KEEP_S3:-0}" = 1 ] || [ -z "${S3_HOME:-}" ] || rm -rf "${S3_HOME:?}/data"
   log "s3 logs in $W"
 }
 trap cleanup EXIT
