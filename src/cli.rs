@@ -24,6 +24,7 @@ use crate::cache::{BlockCache, CacheConfig, Pool};
 use crate::config::{Config, StorageSettings};
 use crate::fuse::{Server, ServerOptions};
 use crate::kata;
+use crate::metrics;
 use crate::transport::fusedev::{self, FuseMount, MountOptions};
 use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
@@ -301,6 +302,11 @@ pub struct Common {
     /// With a passthrough --shared-dir: serve extended attributes (else ENOSYS).
     #[arg(long, global = true)]
     pub xattr: bool,
+
+    /// Serve Prometheus metrics at this address: 127.0.0.1:PORT, [::1]:PORT,
+    /// localhost:PORT or unix:/path (loopback only; off by default).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics_addr: Option<crate::metrics::http::MetricsAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -403,6 +409,7 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
 /// The file system and FUSE server for a configuration.
 pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), String> {
     let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
+    observe_fs("root", &fs, &backend);
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
 }
 
@@ -435,6 +442,47 @@ pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(Objec
         fs = fs.with_cache(cache);
     }
     Ok((fs, backend))
+}
+
+/// Publish a mount's back-end calls and file-system counters in the metrics
+/// registry (read at scrape time from atomics; nothing on the request path).
+pub fn observe_fs(mount: &str, fs: &ObjectFs, backend: &Backend) {
+    let m = metrics::global();
+    m.add_backend(mount, backend.stats());
+    let labels = format!("mount=\"{}\"", metrics::escape(mount));
+    let o = fs.observer();
+    let gauges: [(&str, &str, &'static str, fn(&crate::vfs::object::Observer) -> Option<f64>); 6] = [
+        ("ovfs_dirty_bytes", "Staged bytes of files being written, not yet in the back-end.", "gauge", |o| {
+            o.staged_bytes().map(|(used, _)| used as f64)
+        }),
+        ("ovfs_dirty_limit_bytes", "Staged bytes at which writers wait for uploads.", "gauge", |o| {
+            o.staged_bytes().map(|(_, limit)| limit as f64)
+        }),
+        ("ovfs_cache_hits_total", "Data cache block hits.", "counter", |o| o.cache_counters().map(|c| c.0 as f64)),
+        ("ovfs_cache_misses_total", "Data cache block misses.", "counter", |o| o.cache_counters().map(|c| c.1 as f64)),
+        ("ovfs_cache_evictions_total", "Data cache blocks evicted.", "counter", |o| {
+            o.cache_counters().map(|c| c.2 as f64)
+        }),
+        ("ovfs_cache_bytes", "Data cache pool bytes in use.", "gauge", |o| o.cache_counters().map(|c| c.3 as f64)),
+    ];
+    for (name, help, kind, read) in gauges {
+        let o = o.clone();
+        m.gauge(name, help, kind, &labels, move || read(&o).unwrap_or(0.0));
+    }
+}
+
+/// Wrap `handler` in request metrics and serve them at `--metrics-addr`
+/// (nothing when the flag is not given).
+fn with_metrics(
+    c: &Common,
+    handler: Arc<dyn RequestHandler>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Arc<dyn RequestHandler>, String> {
+    let Some(addr) = &c.metrics_addr else { return Ok(handler) };
+    let endpoint = rt.block_on(async { metrics::http::Endpoint::bind(addr) }).map_err(|e| e.to_string())?;
+    tracing::info!(addr = %addr, "metrics endpoint listening");
+    rt.spawn(endpoint.run(metrics::global().clone()));
+    Ok(metrics::MeteredHandler::new(handler, metrics::global().clone()))
 }
 
 /// Check a back-end in the background and log the outcome (no round trip
@@ -474,6 +522,7 @@ pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec
     for v in volumes {
         match build_object_fs(&v.storage, cfg) {
             Ok((fs, backend)) => {
+                observe_fs(&v.name, &fs, &backend);
                 tracing::info!(
                     volume = %v.name,
                     profile = %v.profile,
@@ -601,6 +650,13 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
         }
         server
     };
+    let handler = match with_metrics(common, handler, rt) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ovfs: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let mount = match FuseMount::mount(mountpoint, MountOptions::default()) {
         Ok(m) => m,
         Err(e) => {
@@ -669,6 +725,13 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         // time): check reachability in the background and log the outcome.
         check_later(rt.handle(), "storage_settings".into(), b);
         server
+    };
+    let handler = match with_metrics(c, handler, rt) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ovfs: {e}");
+            return EXIT_CONFIG;
+        }
     };
     let opts = VhostUserOptions {
         tag: cli.tag.clone().or_else(|| cfg.socket_settings.tag.clone()),

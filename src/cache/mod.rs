@@ -648,6 +648,18 @@ impl BlockCache {
         }
     }
 
+    /// Hits, misses, evictions and pool bytes in use, read from atomics
+    /// without taking the cache lock (metrics scrapes).
+    pub fn counters(&self) -> (u64, u64, u64, u64) {
+        let inner = &self.inner;
+        (
+            inner.hits.load(Ordering::Relaxed),
+            inner.misses.load(Ordering::Relaxed),
+            inner.evictions.load(Ordering::Relaxed),
+            inner.pool.used_bytes() as u64,
+        )
+    }
+
     pub fn stats(&self) -> CacheStats {
         let inner = &self.inner;
         let g = inner.lock();

@@ -245,6 +245,12 @@ impl Metrics {
     }
 }
 
+/// The process-wide registry (the daemon has one; tests may share it).
+pub fn global() -> &'static Arc<Metrics> {
+    static GLOBAL: std::sync::OnceLock<Arc<Metrics>> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::new(Metrics::new()))
+}
+
 /// Escape a label value (backslash, quote, newline).
 pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

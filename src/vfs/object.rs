@@ -267,6 +267,27 @@ pub struct ObjectFs {
     core: Arc<Core>,
 }
 
+/// See [`ObjectFs::observer`]: every read is `None` once the file system is gone.
+#[derive(Clone)]
+pub struct Observer(std::sync::Weak<Core>);
+
+impl Observer {
+    /// Staged bytes of files being written, and their limit.
+    pub fn staged_bytes(&self) -> Option<(u64, u64)> {
+        self.0.upgrade().map(|c| (c.budget.used.load(Ordering::Acquire), c.budget.limit.load(Ordering::Relaxed)))
+    }
+
+    /// Data cache hits, misses, evictions and pool bytes in use.
+    pub fn cache_counters(&self) -> Option<(u64, u64, u64, u64)> {
+        self.0.upgrade().and_then(|c| c.cache.as_ref().map(|cache| cache.counters()))
+    }
+
+    /// Bytes uploaded by streaming writers, uploads by the write-back flusher.
+    pub fn uploads(&self) -> Option<(u64, u64)> {
+        self.0.upgrade().map(|c| (c.streamed.load(Ordering::Relaxed), c.flushed.load(Ordering::Relaxed)))
+    }
+}
+
 impl std::ops::Deref for ObjectFs {
     type Target = Core;
     fn deref(&self) -> &Core {
@@ -533,6 +554,12 @@ impl ObjectFs {
     /// Staged bytes held by open files, and the limit (tests, metrics).
     pub fn staged_bytes(&self) -> (u64, u64) {
         (self.budget.used.load(Ordering::Acquire), self.budget.limit.load(Ordering::Relaxed))
+    }
+
+    /// A handle for metrics gauges that reads this file system's counters
+    /// without keeping it alive or taking its locks.
+    pub fn observer(&self) -> Observer {
+        Observer(Arc::downgrade(&self.core))
     }
 
     /// Data cache counters, when the cache is on (tests, metrics).
