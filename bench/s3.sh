@@ -79,7 +79,10 @@ mount_peer() {  # peer mountpoint [bucket-prefix]: mount and wait; sets mount_pi
   mkdir -p "$m"
   case "$p" in
     ovfs)
-      ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "memory_limit = \"$memlimit\""
+      # ls -l from one listing walk: listing cache + listing attributes (docs/CONFIGURATION.md)
+      ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "memory_limit = \"$memlimit\"
+dir_cache_ttl = \"30s\"
+listing_attrs = true"
       start_bg "$W/ovfs-m$n_mount.log" "$OVFS_BIN" mount --config "$W/ovfs-m$n_mount.toml" "$m" ;;
     rclone)
       # (AWS_CA_BUNDLE, if set, breaks rclone's custom transport; the server is plain http)

@@ -451,7 +451,8 @@ pub fn observe_fs(mount: &str, fs: &ObjectFs, backend: &Backend) {
     m.add_backend(mount, backend.stats());
     let labels = format!("mount=\"{}\"", metrics::escape(mount));
     let o = fs.observer();
-    let gauges: [(&str, &str, &'static str, fn(&crate::vfs::object::Observer) -> Option<f64>); 6] = [
+    type Read = fn(&crate::vfs::object::Observer) -> Option<f64>;
+    let gauges: [(&str, &str, &'static str, Read); 6] = [
         ("ovfs_dirty_bytes", "Staged bytes of files being written, not yet in the back-end.", "gauge", |o| {
             o.staged_bytes().map(|(used, _)| used as f64)
         }),
