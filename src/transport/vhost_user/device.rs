@@ -426,11 +426,18 @@ impl Inner {
             let Some(mem) = self.memory() else {
                 return Drain::Empty;
             };
-            let (chain, generation) = {
+            let (chain, generation, more) = {
                 let mut state = vring.get_mut();
                 let generation = self.queues[q].generation.load(Ordering::SeqCst);
-                match state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                    Some(chain) => (chain, generation),
+                let queue = state.get_queue_mut();
+                match queue.pop_descriptor_chain(mem.clone()) {
+                    Some(chain) => {
+                        // More chains already waiting behind this one?
+                        let more = queue
+                            .avail_idx(&*mem, Ordering::Acquire)
+                            .map_or(true, |avail| avail.0 != queue.next_avail());
+                        (chain, generation, more)
+                    }
                     None => return Drain::Empty,
                 }
             };
@@ -439,7 +446,7 @@ impl Inner {
             match parse_request(&pending.mem, &pending.chain) {
                 Ok((req, unique)) => {
                     pending.unique = Some(unique);
-                    self.spawn_request(pending, req, permit);
+                    self.spawn_request(pending, req, permit, more);
                 }
                 Err(rejected) => {
                     tracing::warn!(
@@ -457,12 +464,15 @@ impl Inner {
         }
     }
 
-    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit) {
+    /// `more`: other chains are waiting in the available ring.
+    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit, more: bool) {
         if let Some(ctl) = self.queues.get(pending.q) {
             ctl.requests.fetch_add(1, Ordering::Relaxed);
         }
-        // Alone in flight: start it right here (see `run_task`).
-        let alone = self.permits.available_permits() + 1 >= self.cfg.max_inflight;
+        // Alone in flight with nothing waiting behind it: start it right here
+        // (see `run_task`). Otherwise it goes to the runtime at once, so a
+        // burst of requests is served in parallel, not one by one on this thread.
+        let alone = !more && self.permits.available_permits() + 1 >= self.cfg.max_inflight;
         let guard = Inflight { inner: self.clone(), permit: Some(permit) };
         let handler = self.handler.clone();
         let task = async move {
@@ -491,7 +501,8 @@ impl Inner {
     /// Poll a request task once on this (vring worker) thread, inside the
     /// runtime's context, and hand it to the runtime only if it is not done.
     ///
-    /// Used when the request is the only one in flight: most requests finish
+    /// Used when the request is the only one in flight and no chain waits
+    /// behind it: most requests finish
     /// without ever waiting (a passthrough GETATTR is one `fstatat`), and
     /// answering here saves the wake-up of a tokio worker and the hop back, the
     /// largest part of a lone request's latency. With others in flight tasks
