@@ -50,6 +50,9 @@ struct DaemonArgs {
     /// virtiofsd, virtiofsd-pool16).
     #[arg(long, default_value = "ovfs-passthrough,ovfs-opendal-fs,virtiofsd,virtiofsd-pool16", value_delimiter = ',')]
     daemons: Vec<String>,
+    /// Workloads to run, comma-separated (getattr, lookup_create, read_4k, read_1m).
+    #[arg(long, default_value = "getattr,lookup_create,read_4k,read_1m", value_delimiter = ',')]
+    workloads: Vec<String>,
     /// Parent of the shared directory (a tmpfs).
     #[arg(long, default_value = "/dev/shm")]
     tmpfs: PathBuf,
@@ -250,7 +253,7 @@ fn one_run(a: &DaemonArgs, spec: &Spec, shared: &Path, work: &Path, run: usize) 
     let dir = format!("create-{}-{run}", spec.name);
     let mut s = workload::prepare(&mut fe, a.file_mib << 20, &dir)?;
     let mut out = Vec::new();
-    for w in Workload::ALL {
+    for w in Workload::ALL.into_iter().filter(|w| a.workloads.iter().any(|n| n == w.name())) {
         for &depth in &a.depths {
             let max_ops = if w == Workload::LookupCreate { a.max_creates } else { u64::MAX };
             let limits = Limits { duration: Duration::from_secs_f64(a.seconds), max_ops };
@@ -297,6 +300,9 @@ impl Drop for WorkDir {
 fn daemon(a: DaemonArgs) -> io::Result<()> {
     if a.runs == 0 || a.depths.is_empty() {
         return Err(io::Error::other("need at least one run and one depth"));
+    }
+    if let Some(bad) = a.workloads.iter().find(|n| !Workload::ALL.iter().any(|w| w.name() == n.as_str())) {
+        return Err(io::Error::other(format!("unknown workload {bad}")));
     }
     let specs = specs(&a)?;
     let work = WorkDir(a.tmpfs.join(format!("ovfs-bench-{}", std::process::id())));

@@ -219,6 +219,26 @@ pub trait Filesystem: Send + Sync + 'static {
         size: u32,
     ) -> impl Future<Output = Result<Vec<u8>>> + Send;
 
+    /// READ appending at most `size` bytes to `out` (which already holds the
+    /// reply header). The default calls [`Filesystem::read`] and copies; a file
+    /// system that can read straight into the buffer overrides it and saves a
+    /// copy of the data.
+    fn read_into(
+        &self,
+        ctx: &Ctx,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let data = self.read(ctx, nodeid, fh, offset, size).await?;
+            out.extend_from_slice(&data[..data.len().min(size as usize)]);
+            Ok(())
+        }
+    }
+
     /// Returns the number of bytes written. `flags` are the open flags
     /// (O_SYNC / O_DSYNC matter).
     fn write(

@@ -234,9 +234,15 @@ impl<F: Filesystem> Server<F> {
             Opcode::Read => {
                 let a: abi::fuse_read_in = r.read()?;
                 let size = a.size.min(self.opts.max_write);
-                let mut data = fs.read(ctx, nodeid, a.fh, a.offset, size).await?;
-                data.truncate(size as usize);
-                Some(reply::ok_parts(u, &[&data]))
+                // The data lands right after the header: no copy into a reply.
+                let hlen = std::mem::size_of::<abi::fuse_out_header>();
+                let mut out = Vec::with_capacity(hlen + size as usize);
+                out.resize(hlen, 0);
+                fs.read_into(ctx, nodeid, a.fh, a.offset, size, &mut out).await?;
+                out.truncate(hlen + size as usize);
+                let h = abi::fuse_out_header { len: out.len() as u32, error: 0, unique: u };
+                out[..hlen].copy_from_slice(h.as_bytes());
+                Some(out)
             }
             Opcode::Write => {
                 let a: abi::fuse_write_in = r.read()?;

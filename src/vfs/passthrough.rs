@@ -878,14 +878,33 @@ impl Filesystem for PassthroughFs {
         self.create_sync(ctx, parent, name, mode, flags)
     }
 
-    async fn read(&self, _ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    async fn read(&self, ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(ctx, nodeid, fh, offset, size, &mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_into(
+        &self,
+        _ctx: &Ctx,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let h = self.file(nodeid, fh)?;
         let off = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        let mut buf = vec![0u8; size as usize];
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = sys::check_size(unsafe { libc::pread(h.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })?;
-        buf.truncate(n);
-        Ok(buf)
+        let start = out.len();
+        out.reserve(size as usize);
+        // SAFETY: `out` has room for `size` more bytes after `start` (reserved
+        // above); pread writes at most `size` bytes there.
+        let n = sys::check_size(unsafe {
+            libc::pread(h.fd.as_raw_fd(), out.as_mut_ptr().add(start).cast(), size as usize, off)
+        })?;
+        // SAFETY: pread initialised `n <= size` bytes after `start`.
+        unsafe { out.set_len(start + n.min(size as usize)) };
+        Ok(())
     }
 
     async fn write(&self, _ctx: &Ctx, nodeid: u64, fh: u64, offset: u64, data: &[u8], _flags: u32) -> Result<u32> {

@@ -3,8 +3,11 @@
 //! replies back and complete chains out of order.
 //!
 //! Threads: `handle_event` runs on the vring worker thread of
-//! `vhost-user-backend` (one thread for all queues) and only pops and parses;
-//! completions run on tokio worker threads. The vring's `RwLock` is the only
+//! `vhost-user-backend` (one thread for all queues) and pops and parses;
+//! requests run as tasks on tokio worker threads, except that a request alone
+//! in flight is first polled once on the vring worker thread and completes
+//! there when it never waits (`Inner::run_task`: saves two thread hops of
+//! latency). The vring's `RwLock` is the only
 //! lock on the path and is never held across an `.await`:
 //! - pop: write lock, one chain at a time;
 //! - reply copy into guest memory: read lock (so a concurrent `GET_VRING_BASE`,
@@ -423,11 +426,18 @@ impl Inner {
             let Some(mem) = self.memory() else {
                 return Drain::Empty;
             };
-            let (chain, generation) = {
+            let (chain, generation, more) = {
                 let mut state = vring.get_mut();
                 let generation = self.queues[q].generation.load(Ordering::SeqCst);
-                match state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                    Some(chain) => (chain, generation),
+                let queue = state.get_queue_mut();
+                match queue.pop_descriptor_chain(mem.clone()) {
+                    Some(chain) => {
+                        // More chains already waiting behind this one?
+                        let more = queue
+                            .avail_idx(&*mem, Ordering::Acquire)
+                            .map_or(true, |avail| avail.0 != queue.next_avail());
+                        (chain, generation, more)
+                    }
                     None => return Drain::Empty,
                 }
             };
@@ -436,7 +446,7 @@ impl Inner {
             match parse_request(&pending.mem, &pending.chain) {
                 Ok((req, unique)) => {
                     pending.unique = Some(unique);
-                    self.spawn_request(pending, req, permit);
+                    self.spawn_request(pending, req, permit, more);
                 }
                 Err(rejected) => {
                     tracing::warn!(
@@ -454,13 +464,18 @@ impl Inner {
         }
     }
 
-    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit) {
+    /// `more`: other chains are waiting in the available ring.
+    fn spawn_request(self: &Arc<Self>, pending: Pending, req: Vec<u8>, permit: OwnedSemaphorePermit, more: bool) {
         if let Some(ctl) = self.queues.get(pending.q) {
             ctl.requests.fetch_add(1, Ordering::Relaxed);
         }
+        // Alone in flight with nothing waiting behind it: start it right here
+        // (see `run_task`). Otherwise it goes to the runtime at once, so a
+        // burst of requests is served in parallel, not one by one on this thread.
+        let alone = !more && self.permits.available_permits() + 1 >= self.cfg.max_inflight;
         let guard = Inflight { inner: self.clone(), permit: Some(permit) };
         let handler = self.handler.clone();
-        self.rt.spawn(async move {
+        let task = async move {
             let outcome = AssertUnwindSafe(async move { handler.handle(req).await }).catch_unwind().await;
             let reply = match outcome {
                 Ok(reply) => reply,
@@ -475,7 +490,31 @@ impl Inner {
             };
             guard.inner.complete(pending, reply);
             drop(guard);
-        });
+        };
+        if alone {
+            self.run_task(Box::pin(task));
+        } else {
+            self.rt.spawn(task);
+        }
+    }
+
+    /// Poll a request task once on this (vring worker) thread, inside the
+    /// runtime's context, and hand it to the runtime only if it is not done.
+    ///
+    /// Used when the request is the only one in flight and no chain waits
+    /// behind it: most requests finish
+    /// without ever waiting (a passthrough GETATTR is one `fstatat`), and
+    /// answering here saves the wake-up of a tokio worker and the hop back, the
+    /// largest part of a lone request's latency. With others in flight tasks
+    /// go straight to the runtime so requests run in parallel. A task that
+    /// returns Pending was polled with a no-op waker; the runtime polls it again
+    /// at once when spawned, which registers its real waker.
+    fn run_task(&self, mut task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>) {
+        let _runtime = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(task);
+        }
     }
 
     /// Is a completion popped under `generation` still wanted?
