@@ -3,73 +3,24 @@
 //! virtiofsd when installed (~/.cargo/bin/virtiofsd, tests/tools/install-deps.sh).
 //! Also a smoke run of the `ovfs-bench daemon` workloads so they cannot rot.
 
+#[path = "common/inprocess.rs"]
+mod inprocess;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use inprocess::{connect, wait_for_socket, InProcess};
 use ovfs::config::Config;
 use ovfs::frontend::workload::{self, Limits, Workload};
-use ovfs::frontend::{Frontend, FrontendOptions, DEFAULT_INIT_FLAGS};
+use ovfs::frontend::{Frontend, DEFAULT_INIT_FLAGS};
 use ovfs::fuse::abi::{self, Opcode, Pod, FUSE_ROOT_ID};
 use ovfs::fuse::client;
-use ovfs::fuse::{Server, ServerOptions};
-use ovfs::transport::vhost_user::{serve, Listen, VhostUserOptions};
 use ovfs::transport::RequestHandler;
-use ovfs::vfs::passthrough::{PassthroughFs, PassthroughOptions};
-
-fn wait_for_socket(path: &Path) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "socket {} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// ovfs's vhost-user transport serving `handler` on a thread.
-struct InProcess {
-    socket: PathBuf,
-    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    _rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-impl InProcess {
-    fn start(handler: Arc<dyn RequestHandler>, request_queues: usize) -> InProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("vfs.sock");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let opts = VhostUserOptions { num_request_queues: request_queues, ..Default::default() };
-        let (path, handle) = (socket.clone(), rt.handle().clone());
-        let thread = std::thread::spawn(move || serve(Listen::SocketPath(path), handler, opts, handle));
-        wait_for_socket(&socket);
-        InProcess { socket, thread: Some(thread), _rt: rt, _dir: dir }
-    }
-
-    fn memory(request_queues: usize) -> InProcess {
-        let server = ovfs::cli::build_server(&Config::default_memory()).expect("memory server").0;
-        Self::start(server, request_queues)
-    }
-
-    fn passthrough(root: &Path, request_queues: usize) -> InProcess {
-        let fs = PassthroughFs::new(root, PassthroughOptions::default()).unwrap();
-        Self::start(Arc::new(Server::new(fs, ServerOptions::default())), request_queues)
-    }
-
-    /// After the front-end disconnected: `serve` must have returned cleanly.
-    fn finish(mut self) {
-        let r = self.thread.take().unwrap().join().expect("serve thread panicked");
-        r.expect("serve returned an error");
-    }
-}
-
-fn connect(socket: &Path, request_queues: usize) -> Frontend {
-    let opts = FrontendOptions { request_queues, slots_per_queue: 64, queue_size: 128, ..Default::default() };
-    Frontend::connect(socket, opts).expect("front-end connects")
-}
 
 fn call(fe: &mut Frontend, req: &[u8]) -> client::Reply {
     fe.fuse(req).expect("a FUSE reply")
