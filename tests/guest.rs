@@ -214,11 +214,27 @@ fn guest_memory_backend() {
     let w = Work::new("guest_memory_backend", "guest");
     let sock = w.sock("mem.sock");
     let basic = w.initramfs("basic", "basic.sh", &[]);
-    let mut d =
-        Daemon::ovfs_config(&w, "memory", &sock, "[storage_settings]\ntype = \"memory\"\n", &["--keep-serving"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut d = Daemon::ovfs_config(
+        &w,
+        "memory",
+        &sock,
+        "[storage_settings]\ntype = \"memory\"\n",
+        &["--keep-serving", "--metrics-addr", &metrics_addr],
+    );
 
+    // Scrape the metrics endpoint all through the first guest's workload.
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = {
+        let (addr, on) = (metrics_addr.clone(), scraping.clone());
+        std::thread::spawn(move || scrape_while(&addr, &on))
+    };
     let b1 = w.boot("basic", &basic, &sock, SMALL_BIG_FILE, &d);
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (scrapes, slowest, last) = scraper.join().expect("scraper");
     assert_basic(&b1);
+    check_metrics(scrapes, slowest, &last);
     std::thread::sleep(Duration::from_millis(500));
     assert!(d.running(), "ovfs --keep-serving exited after the first guest:\n{}", tail(&read_lossy(&d.log), 30));
 
@@ -227,6 +243,53 @@ fn guest_memory_backend() {
     assert_remount(&b2, &b1);
     assert!(d.running(), "ovfs --keep-serving exited after the second guest:\n{}", tail(&read_lossy(&d.log), 30));
     d.stop();
+}
+
+/// GET /metrics every 100 ms while `on`: (successful scrapes, slowest
+/// scrape, the last body).
+fn scrape_while(addr: &str, on: &std::sync::atomic::AtomicBool) -> (usize, Duration, String) {
+    use std::io::{Read, Write};
+    let (mut n, mut slowest, mut last) = (0usize, Duration::ZERO, String::new());
+    while on.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        if let Ok(mut c) = std::net::TcpStream::connect(addr) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut body = String::new();
+            if c.write_all(b"GET /metrics HTTP/1.1\r\nHost: ovfs\r\n\r\n").is_ok()
+                && c.read_to_string(&mut body).is_ok()
+                && body.starts_with("HTTP/1.1 200")
+            {
+                n += 1;
+                slowest = slowest.max(t.elapsed());
+                last = body;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (n, slowest, last)
+}
+
+/// The scrapes taken during basic.sh show the opcodes it used, with latency
+/// buckets, and back-end calls of the mount.
+fn check_metrics(scrapes: usize, slowest: Duration, last: &str) {
+    assert!(scrapes >= 20, "only {scrapes} metrics scrapes succeeded during the guest workload");
+    assert!(slowest < Duration::from_secs(5), "a scrape took {slowest:?}");
+    let value = |prefix: &str| -> f64 {
+        last.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for op in ["INIT", "LOOKUP", "GETATTR", "CREATE", "WRITE", "READ", "FLUSH", "RELEASE", "MKDIR", "UNLINK"] {
+        assert!(value(&format!("ovfs_requests_total{{opcode=\"{op}\"}}")) > 0.0, "no {op} counted:\n{last}");
+        let inf = value(&format!("ovfs_request_duration_seconds_bucket{{opcode=\"{op}\",le=\"+Inf\"}}"));
+        let fast = value(&format!("ovfs_request_duration_seconds_bucket{{opcode=\"{op}\",le=\"0.01\"}}"));
+        assert!(inf > 0.0 && fast <= inf, "{op} latency buckets: le=0.01 {fast}, +Inf {inf}");
+    }
+    assert!(value("ovfs_request_errors_total{errno=\"ENOENT\"}") > 0.0, "LOOKUPs of new names fail with ENOENT");
+    assert!(value("ovfs_backend_calls_total{mount=\"root\",op=\"write\"}") > 0.0, "back-end writes:\n{last}");
+    eprintln!("metrics: {scrapes} scrapes during the guest workload, slowest {slowest:?}");
 }
 
 /// ovfs on S3 (a local SeaweedFS): basic.sh, every SHA line checked by
