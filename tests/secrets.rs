@@ -92,7 +92,9 @@ fn the_secret_key_appears_nowhere() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let log = dir.path().join("ovfs.log");
-    let d = mount(&cfg, &mnt, &log, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = mount(&cfg, &mnt, &log, &["--metrics-addr", &metrics_addr]);
     let script = r#"
         set -u
         mkdir -p a/b && echo hello > a/b/f && cat a/b/f
@@ -110,6 +112,16 @@ fn the_secret_key_appears_nowhere() {
     let o = bash(script, &mnt);
     leaks.scan("guest-visible output (contents, names, xattrs, errors)", &out_text(&o));
     assert!(o.status.success(), "session script: {}", out_text(&o));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&metrics_addr).expect("metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(metrics.contains("ovfs_backend_calls_total{mount=\"root\""), "metrics scraped: {metrics}");
+    leaks.scan("metrics endpoint", &metrics);
     unmount(d, &mnt);
     let trace = std::fs::read_to_string(&log).unwrap();
     assert!(trace.lines().count() > 50, "a trace-level log of the session: {} lines", trace.lines().count());
