@@ -48,6 +48,10 @@ pub struct SocketSettings {
     pub tag: Option<String>,
     /// Number of request queues, 1..=16.
     pub num_request_queues: Option<usize>,
+    /// DAX window size in bytes (a multiple of 2 MiB); `None`: no window.
+    pub dax_window: Option<u64>,
+    /// Which files get per-inode DAX (`-o dax=inode` in the guest).
+    pub dax_policy: crate::vfs::dax::DaxPolicy,
 }
 
 /// `[cache_settings]`.
@@ -447,6 +451,16 @@ fn parse_socket(t: toml::Table) -> Result<SocketSettings, ConfigError> {
                     return Err(ConfigError::new(format!("{S}.{k}: must be 1..={MAX_REQUEST_QUEUES}, got {n}")));
                 }
                 s.num_request_queues = Some(n);
+            }
+            "dax_window" => {
+                let n = get_size(S, k, v)? as u64;
+                crate::transport::vhost_user::check_dax_window(n)
+                    .map_err(|e| ConfigError::new(format!("{S}.{k}: {e}")))?;
+                s.dax_window = Some(n);
+            }
+            "dax_policy" => {
+                s.dax_policy = crate::vfs::dax::DaxPolicy::parse(&get_string(S, k, v)?)
+                    .map_err(|e| ConfigError::new(format!("{S}.{k}: {e}")))?;
             }
             _ => return Err(unknown_key(S, k)),
         }

@@ -33,6 +33,10 @@ use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
 use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
 
+// DAX (FUSE_SETUPMAPPING) lives apart: the guest maps the staging memfd.
+#[path = "object_dax.rs"]
+mod dax;
+
 /// Knobs of the object-store file system.
 #[derive(Clone, Debug)]
 pub struct ObjectFsOptions {
@@ -175,6 +179,8 @@ pub struct ObjectFs {
     cache: Option<BlockCache>,
     /// Bytes sent by streaming uploads while files were being written.
     streamed: std::sync::atomic::AtomicU64,
+    /// DAX mappings of staged files and the per-inode DAX policy.
+    dax: dax::DaxState,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -229,6 +235,7 @@ impl ObjectFs {
             started: now(),
             cache: None,
             streamed: std::sync::atomic::AtomicU64::new(0),
+            dax: Default::default(),
         }
     }
 
@@ -432,7 +439,7 @@ impl ObjectFs {
     async fn upload(&self, nodeid: u64, file: &OpenFile) -> Result<()> {
         let mut guard = file.state.lock().await;
         let st = &mut *guard;
-        if !st.dirty {
+        if !st.dirty && !self.dax_writable(nodeid) {
             return Ok(());
         }
         let snap = file.snap();
@@ -850,6 +857,24 @@ impl ObjectFs {
 }
 
 impl Filesystem for ObjectFs {
+    async fn dax_map(
+        &self,
+        nodeid: u64,
+        foffset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<crate::fuse::dax::DaxSource> {
+        self.dax_map_node(nodeid, foffset, len, writable).await
+    }
+
+    async fn dax_unmap(&self, nodeid: u64, _foffset: u64, _len: u64, writable: bool) -> Result<()> {
+        self.dax_unmap_node(nodeid, writable).await
+    }
+
+    fn dax_wanted(&self, nodeid: u64, attr: &abi::fuse_attr) -> bool {
+        self.dax_wanted_node(nodeid, attr)
+    }
+
     fn destroy(&self) {
         self.files.clear();
         self.dirs.clear();

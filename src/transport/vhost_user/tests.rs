@@ -163,6 +163,7 @@ impl Rig {
             queue_size: usize::from(QSIZE),
             max_inflight,
             keep_serving: false,
+            dax_window: None,
         };
         let cfg = DeviceConfig::try_from(&opts).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
@@ -171,7 +172,7 @@ impl Rig {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(gm.clone()));
         let atomic = GuestMemoryAtomic::new(gm);
         let handler = Arc::new(TestHandler::default());
-        let dev = FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new());
+        let dev = FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new(), Default::default());
         dev.update_memory(atomic.clone()).unwrap();
         let mut vrings = Vec::new();
         let mut layouts = Vec::new();
@@ -821,7 +822,7 @@ fn serve_socket_path_answers_and_returns_on_disconnect() {
     });
     let mut sock = connect_retry(&path);
     assert_eq!(vhost_get_u64(&mut sock, GET_FEATURES), VIRTIO_FEATURES);
-    assert_eq!(vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES), device::protocol_features().bits());
+    assert_eq!(vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES), device::protocol_features(false).bits());
     drop(sock);
     server.join().unwrap().unwrap();
     assert!(!path.exists(), "socket file left behind");
