@@ -711,8 +711,12 @@ impl Filesystem for PassthroughFs {
         writable: bool,
     ) -> Result<crate::fuse::dax::DaxSource> {
         let node = self.node(nodeid)?;
-        let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY };
-        let fd = self.reopen(&node, flags)?;
+        // QEMU 11.1 maps read-only ranges with PROT_WRITE too (its mmap
+        // fails on an O_RDONLY fd): open read-write when the host allows it.
+        let fd = match self.reopen(&node, libc::O_RDWR) {
+            Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) if !writable => self.reopen(&node, libc::O_RDONLY)?,
+            r => r?,
+        };
         Ok(crate::fuse::dax::DaxSource { fd, offset: foffset })
     }
 
