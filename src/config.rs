@@ -682,6 +682,18 @@ secret_access_key = "adminsecret"
     }
 
     #[test]
+    fn dax_settings() {
+        let cfg = Config::parse("[socket_settings]\ndax_window = \"64MiB\"\ndax_policy = \"size>=1M\"\n").unwrap();
+        assert_eq!(cfg.socket_settings.dax_window, Some(64 << 20));
+        assert_eq!(cfg.socket_settings.dax_policy, crate::vfs::dax::DaxPolicy::MinSize(1 << 20));
+        assert_eq!(Config::parse("").unwrap().socket_settings.dax_window, None);
+        let e = err("[socket_settings]\ndax_window = \"3MiB\"\n");
+        assert!(e.contains("socket_settings.dax_window"), "{e}");
+        let e = err("[socket_settings]\ndax_policy = \"maybe\"\n");
+        assert!(e.contains("socket_settings.dax_policy"), "{e}");
+    }
+
+    #[test]
     fn unknown_section() {
         let e = err("[sockets]\nsocket_path = \"/x\"\n");
         assert!(e.contains("unknown section [sockets]"), "{e}");

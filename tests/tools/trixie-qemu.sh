@@ -42,7 +42,7 @@ mirror=${TRIXIE_MIRROR:-}
 P=$ROOT.partial
 cleanup() {
   for m in "$P/proc" "$P/dev/pts" "$P/dev" "$P/sys"; do
-    mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
+    if mountpoint -q "$m" 2>/dev/null; then umount -l "$m" || true; fi
   done
 }
 trap cleanup EXIT

@@ -772,6 +772,37 @@ fn features_and_protocol_features() {
     assert_eq!(rig.dev.queues_per_thread(), vec![0b1111]);
 }
 
+#[test]
+fn dax_window_offers_shmem_and_one_region() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let handler: Arc<dyn RequestHandler> = Arc::new(TestHandler::default());
+    let dev = |dax_window| {
+        let opts = VhostUserOptions { dax_window, ..VhostUserOptions::default() };
+        let cfg = DeviceConfig::try_from(&opts).unwrap();
+        FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new(), Default::default())
+    };
+    let off = dev(None);
+    assert!(!off.protocol_features().contains(VhostUserProtocolFeatures::SHMEM));
+    assert!(off.get_shmem_config().is_err());
+    let on = dev(Some(64 << 20));
+    let p = on.protocol_features();
+    assert!(p.contains(
+        VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    ));
+    assert_eq!(p.bits() & (1 << 22), 1 << 22, "SHMEM is bit 22 for QEMU 11.1");
+    let c = on.get_shmem_config().unwrap();
+    let (n, sizes) = (c.nregions, c.memory_sizes);
+    assert_eq!((n, sizes[0], sizes[1]), (1, 64 << 20, 0));
+    for bad in [0, 3 << 20, (1 << 40) + (2 << 20)] {
+        let opts = VhostUserOptions { dax_window: Some(bad), ..VhostUserOptions::default() };
+        assert!(DeviceConfig::try_from(&opts).is_err(), "{bad}");
+    }
+}
+
 // ---- serve() over a real socket ----
 
 const GET_FEATURES: u32 = 1;
