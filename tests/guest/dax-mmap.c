@@ -3,6 +3,8 @@
  *   dax-mmap write FILE OFFSET STRING   mmap shared, copy STRING at OFFSET, msync, fsync
  *   dax-mmap read FILE OFFSET LEN       print LEN bytes at OFFSET read through mmap
  *   dax-mmap fsync FILE                 fsync the file
+ *   dax-mmap seqread FILE BS            read the whole file with pread(BS); print MiB/s
+ *   dax-mmap randread FILE COUNT        COUNT 4 KiB preads at random aligned offsets; print IOPS
  * Built statically by the test (gcc -static). Exit status 0 on success. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,11 +12,55 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int die(const char *what) { perror(what); return 1; }
 
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int bench(int seq, const char *path, long arg) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return die("open");
+    struct stat st;
+    if (fstat(fd, &st) != 0) return die("fstat");
+    size_t bs = seq ? (size_t)arg : 4096;
+    char *buf = aligned_alloc(4096, bs);
+    if (!buf) return die("malloc");
+    unsigned long long x = 88172645463325252ULL, sum = 0, bytes = 0;
+    long blocks = st.st_size / 4096;
+    double t0 = now();
+    if (seq) {
+        for (off_t off = 0; off < st.st_size; off += bs) {
+            ssize_t n = pread(fd, buf, bs, off);
+            if (n <= 0) return die("pread");
+            bytes += n;
+            sum += (unsigned char)buf[0];
+        }
+    } else {
+        for (long i = 0; i < arg; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            ssize_t n = pread(fd, buf, 4096, (off_t)(x % blocks) * 4096);
+            if (n != 4096) return die("pread");
+            bytes += n;
+            sum += (unsigned char)buf[0];
+        }
+    }
+    double t = now() - t0;
+    if (seq)
+        printf("BENCH seqread %.1f MiB/s (%llu bytes in %.3f s, sum %llu)\n", bytes / 1048576.0 / t, bytes, t, sum);
+    else
+        printf("BENCH randread %.0f IOPS (%ld reads in %.3f s, sum %llu)\n", arg / t, arg, t, sum);
+    return close(fd) == 0 ? 0 : die("close");
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && (strcmp(argv[1], "seqread") == 0 || strcmp(argv[1], "randread") == 0))
+        return bench(argv[1][0] == 's', argv[2], strtol(argv[3], NULL, 0));
     if (argc == 3 && strcmp(argv[1], "fsync") == 0) {
         int fd = open(argv[2], O_RDWR);
         if (fd < 0) return die("open");
