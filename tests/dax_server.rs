@@ -342,8 +342,16 @@ async fn truncate_under_a_mapping_and_device_reset() {
     assert!(rig.win.read(0, (2 * MIB) as usize).iter().all(|&b| b == 0));
     assert_eq!(rig.object("t.bin").await.len() as u64, MIB);
 
-    // The VMM reset the device: the window is gone; the next request forgets
-    // the old table and releases its pins instead of unmapping them.
+    // The VMM reconnected: the window is gone; the next INIT releases the
+    // old table's pins instead of unmapping them.
+    rig.win.live.lock().unwrap().clear();
+    rig.win.epoch.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(rig.call(&client::init(rig.next(), abi::FUSE_MAP_ALIGNMENT)).await.errno, 0);
+    assert_eq!(rig.s.filesystem().dax_mappings(ino), 0);
+    assert!(rig.s.dax().unwrap().mappings().is_empty());
+    assert_eq!(rig.setup(ino, 2 * MIB, 2 * MIB, R | W, 0).await, 0);
+    // A device reset without a new INIT: the next SETUPMAPPING forgets the
+    // old table (no unmap sent for it) and releases its pins.
     rig.win.live.lock().unwrap().clear();
     rig.win.epoch.fetch_add(1, Ordering::SeqCst);
     let unmaps = rig.win.unmaps.load(Ordering::SeqCst);

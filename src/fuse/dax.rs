@@ -366,6 +366,16 @@ impl Dax {
         self.unmap_and_release(fs, maps).await
     }
 
+    /// A new session starts (INIT): if the VMM dropped the window since the
+    /// last request (reset, reconnect), release the pins of what it held.
+    pub async fn forget_stale<F: Filesystem>(&self, fs: &F) {
+        let stale = self.lock().sync_epoch(self.mapper.epoch());
+        if !stale.is_empty() {
+            tracing::info!(count = stale.len(), "DAX: the window was dropped; releasing its mappings");
+        }
+        self.release_all(fs, stale).await;
+    }
+
     /// Drop every mapping (DESTROY): unmap in the VMM and release the pins.
     pub async fn clear<F: Filesystem>(&self, fs: &F) {
         let (stale, maps) = {

@@ -188,7 +188,12 @@ impl<F: Filesystem> Server<F> {
             |(fh, flags): (u64, u32)| Some(reply::ok(u, &abi::fuse_open_out { fh, open_flags: flags, backing_id: 0 }));
         let empty = |()| Some(reply::empty(u));
         Ok(match op {
-            Opcode::Init => Some(self.init(u, &mut r)?),
+            Opcode::Init => {
+                if let Some(dax) = self.dax.get() {
+                    dax.forget_stale(fs).await;
+                }
+                Some(self.init(u, &mut r)?)
+            }
             Opcode::Destroy => {
                 if let Some(dax) = self.dax.get() {
                     dax.clear(fs).await;
