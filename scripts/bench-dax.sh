@@ -33,7 +33,8 @@ inside=/tmp/$(basename "$work")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/data"
 head -c $((size << 20)) /dev/urandom >"$work/data/big.bin"
-window=$(( (size + 64) / 2 * 2 ))M   # the whole file fits in the window
+window=64; while [ "$window" -lt $((size * 2)) ]; do window=$((window * 2)); done
+window=${window}M   # the whole file fits in the window (a power of two: a PCI BAR)
 
 gcc -static -O2 -o "$work/dax-mmap" "$repo/tests/guest/dax-mmap.c"
 cat >"$work/bench.sh" <<EOF

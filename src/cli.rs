@@ -62,7 +62,7 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub num_request_queues: Option<usize>,
 
-    /// DAX window size (e.g. 64M; a multiple of 2 MiB): offer the guest a
+    /// DAX window size (e.g. 64M; a power of two from 2 MiB to 1 TiB): offer the guest a
     /// shared-memory window it maps file ranges into (overrides
     /// [socket_settings] dax_window). See docs/DAX.md.
     #[arg(long, value_name = "SIZE", value_parser = parse_dax_window)]

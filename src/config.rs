@@ -48,7 +48,7 @@ pub struct SocketSettings {
     pub tag: Option<String>,
     /// Number of request queues, 1..=16.
     pub num_request_queues: Option<usize>,
-    /// DAX window size in bytes (a multiple of 2 MiB); `None`: no window.
+    /// DAX window size in bytes (a power of two, 2 MiB..1 TiB); `None`: no window.
     pub dax_window: Option<u64>,
     /// Which files get per-inode DAX (`-o dax=inode` in the guest).
     pub dax_policy: crate::vfs::dax::DaxPolicy,

@@ -26,12 +26,14 @@ pub const DAX_WINDOW_ALIGN: u64 = 2 << 20;
 /// typo should not reserve the whole physical address space).
 pub const DAX_WINDOW_MAX: u64 = 1 << 40;
 
-/// Check a `--dax-window` size: a non-zero multiple of 2 MiB, at most 1 TiB.
+/// Check a `--dax-window` size: a power of two from 2 MiB to 1 TiB (the VMM
+/// exposes the window as a PCI BAR, whose size must be a power of two: QEMU
+/// 11.1 aborts on any other size).
 pub fn check_dax_window(len: u64) -> io::Result<()> {
-    if len == 0 || len % DAX_WINDOW_ALIGN != 0 || len > DAX_WINDOW_MAX {
+    if !len.is_power_of_two() || len < DAX_WINDOW_ALIGN || len > DAX_WINDOW_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("DAX window of {len} bytes: must be a non-zero multiple of 2 MiB, at most 1 TiB"),
+            format!("DAX window of {len} bytes: must be a power of two from 2 MiB to 1 TiB (e.g. 64M, 1G)"),
         ));
     }
     Ok(())

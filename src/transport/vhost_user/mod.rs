@@ -67,7 +67,7 @@ pub struct VhostUserOptions {
     /// After the VMM disconnects, accept the next connection (fresh device
     /// state) instead of returning.
     pub keep_serving: bool,
-    /// DAX window size in bytes (a multiple of 2 MiB): offer
+    /// DAX window size in bytes (a power of two, 2 MiB..1 TiB): offer
     /// `VHOST_USER_PROTOCOL_F_SHMEM` with one shared-memory region of this size
     /// and serve FUSE_SETUPMAPPING through it. `None`: no window, nothing new
     /// offered.

@@ -797,7 +797,7 @@ fn dax_window_offers_shmem_and_one_region() {
     let c = on.get_shmem_config().unwrap();
     let (n, sizes) = (c.nregions, c.memory_sizes);
     assert_eq!((n, sizes[0], sizes[1]), (1, 64 << 20, 0));
-    for bad in [0, 3 << 20, (1 << 40) + (2 << 20)] {
+    for bad in [0, 1 << 20, 3 << 20, 6 << 20, 2 << 40] {
         let opts = VhostUserOptions { dax_window: Some(bad), ..VhostUserOptions::default() };
         assert!(DeviceConfig::try_from(&opts).is_err(), "{bad}");
     }
