@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod frontend;
 pub mod fuse;
 pub mod metrics;
 pub mod transport;

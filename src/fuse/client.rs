@@ -142,3 +142,22 @@ impl Reply {
         T::from_prefix(&self.body)
     }
 }
+
+pub fn releasedir(unique: u64, nodeid: u64, fh: u64) -> Vec<u8> {
+    request(Opcode::Releasedir, unique, nodeid, &[abi::fuse_release_in { fh, ..Default::default() }.as_bytes()])
+}
+
+/// Names in a READDIR reply body (`fuse_dirent` records, 8-byte aligned);
+/// stops at the first malformed record.
+pub fn dirent_names(body: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut off = 0usize;
+    let head = std::mem::size_of::<abi::fuse_dirent>();
+    while let Some(d) = body.get(off..).and_then(abi::fuse_dirent::from_prefix) {
+        let start = off + head;
+        let Some(name) = body.get(start..start + d.namelen as usize) else { break };
+        names.push(String::from_utf8_lossy(name).into_owned());
+        off = (start + d.namelen as usize).next_multiple_of(8);
+    }
+    names
+}
