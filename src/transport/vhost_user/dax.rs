@@ -30,7 +30,7 @@ pub const DAX_WINDOW_MAX: u64 = 1 << 40;
 /// exposes the window as a PCI BAR, whose size must be a power of two: QEMU
 /// 11.1 aborts on any other size).
 pub fn check_dax_window(len: u64) -> io::Result<()> {
-    if !len.is_power_of_two() || len < DAX_WINDOW_ALIGN || len > DAX_WINDOW_MAX {
+    if !len.is_power_of_two() || !(DAX_WINDOW_ALIGN..=DAX_WINDOW_MAX).contains(&len) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("DAX window of {len} bytes: must be a power of two from 2 MiB to 1 TiB (e.g. 64M, 1G)"),
