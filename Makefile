@@ -1,7 +1,7 @@
 # ovfs — see README.md. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps lint fmt clippy unit package fuzz fuzz-smoke clean
+.PHONY: all build release demo test deps lint fmt clippy unit package fuzz fuzz-smoke clean bench bench-quick bench-deps
 
 all: build
 
@@ -50,6 +50,18 @@ fuzz:
 
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_RUNS=20000
+
+# Benchmarks (not part of `make test`): daemon alone, guest (TCG) and S3 suites; results in
+# bench/results/*.jsonl, tables and plots in docs/perf/ and docs/PERFORMANCE.md (bench/run.sh).
+bench-deps:
+	bench/deps.sh
+
+bench: bench-deps
+	bench/run.sh
+
+# Small sizes, results in bench/results/quick/ (docs untouched).
+bench-quick: bench-deps
+	BENCH_QUICK=1 bench/run.sh
 
 clean:
 	$(CARGO) clean

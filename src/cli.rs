@@ -23,14 +23,19 @@ use crate::backend::Backend;
 use crate::cache::{BlockCache, CacheConfig, Pool};
 use crate::config::{Config, StorageSettings};
 use crate::fuse::{Server, ServerOptions};
+use crate::kata;
 use crate::transport::fusedev::{self, FuseMount, MountOptions};
 use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
+use crate::vfs::mounts::{Mount, MountFs, MountPoint};
 use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
 use crate::vfs::{ObjectFs, ObjectFsOptions};
 
 /// Exit status for bad configuration or usage.
 pub const EXIT_CONFIG: i32 = 2;
+
+/// Read when no `--config` (or OVFS_CONFIG) is given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/ovfs/ovfs.toml";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -248,9 +253,15 @@ pub fn expand_legacy_options(args: Vec<std::ffi::OsString>) -> Result<(Vec<std::
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// TOML configuration file.
-    #[arg(long, global = true, value_name = "FILE")]
+    /// TOML configuration file (default: /etc/ovfs/ovfs.toml when it exists;
+    /// also settable with OVFS_CONFIG, so Kata's command lines stay unchanged).
+    #[arg(long, global = true, value_name = "FILE", env = "OVFS_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// OCI bundle whose config.json holds the pod annotations that choose
+    /// volumes (default: the working directory, as Kata's shim sets it).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub oci_bundle: Option<PathBuf>,
 
     /// Serve this host directory as a passthrough tree (full POSIX, as
     /// virtiofsd does; what Kata expects) instead of [storage_settings].
@@ -373,8 +384,10 @@ impl std::io::Write for SyslogWriter {
 /// Load the configuration named on the command line (or the embedded
 /// default), with `--shared-dir` replacing the storage section.
 pub fn load_config(c: &Common) -> Result<Config, String> {
+    let default = Path::new(DEFAULT_CONFIG);
     let mut cfg = match &c.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None if default.exists() => Config::from_file(default).map_err(|e| e.to_string())?,
         None => Config::default_memory(),
     };
     if let Some(dir) = c.shared_dir.as_ref().filter(|_| c.opendal_fs) {
@@ -395,7 +408,14 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
 
 /// The file system and FUSE server for a configuration.
 pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), String> {
-    let backend = Backend::build(&cfg.storage_settings, &cfg.backend_settings).map_err(|e| e.to_string())?;
+    let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
+    Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
+}
+
+/// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
+/// TTLs, data cache). No network I/O.
+pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(ObjectFs, Backend), String> {
+    let backend = Backend::build(storage, &cfg.backend_settings).map_err(|e| e.to_string())?;
     let b = &cfg.backend_settings;
     let c = &cfg.cache_settings;
     let opts = ObjectFsOptions {
@@ -409,7 +429,8 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
         part_size: b.part_size,
         rename_dir_limit: b.rename_dir_limit,
         ..Default::default()
-    };
+    }
+    .with_cache_settings(c);
     let mut fs = ObjectFs::new(backend.clone(), opts).with_dax_policy(cfg.socket_settings.dax_policy.clone());
     if c.enabled_cache {
         let pool =
@@ -419,12 +440,74 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
             BlockCache::new(pool, CacheConfig { ttl, ..CacheConfig::default() }).map_err(|e| format!("cache: {e}"))?;
         fs = fs.with_cache(cache);
     }
-    Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
+    Ok((fs, backend))
+}
+
+/// Check a back-end in the background and log the outcome (no round trip
+/// before serving: Kata gives the VM 10 s to start).
+fn check_later(rt: &tokio::runtime::Handle, what: String, b: Backend) {
+    rt.spawn(async move {
+        match b.check().await {
+            Ok(()) => tracing::info!(what = %what, scheme = b.scheme(), "back-end reachable"),
+            Err(e) => tracing::error!(what = %what, scheme = b.scheme(), error = %e, "back-end check failed; requests will fail until it recovers"),
+        }
+    });
+}
+
+/// The Kata volumes the pod's annotations ask for, each an [`ObjectFs`]
+/// mounted at its placeholder. Refused volumes are logged (one line each)
+/// and left out; the rest of the sandbox is served.
+pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec<Mount<ObjectFs>> {
+    let bundle = match &c.oci_bundle {
+        Some(d) => d.clone(),
+        None => match std::env::current_dir() {
+            Ok(d) => d,
+            Err(_) => return Vec::new(),
+        },
+    };
+    let annotations = match kata::bundle_annotations(&bundle) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("pod annotations unreadable, no volumes mounted: {e}");
+            return Vec::new();
+        }
+    };
+    let (volumes, refused) = kata::volumes(&annotations, &cfg.kata);
+    for r in refused {
+        tracing::error!("{r}");
+    }
+    let mut mounts = Vec::new();
+    for v in volumes {
+        match build_object_fs(&v.storage, cfg) {
+            Ok((fs, backend)) => {
+                tracing::info!(
+                    volume = %v.name,
+                    profile = %v.profile,
+                    source = %v.source.display(),
+                    scheme = backend.scheme(),
+                    read_only = v.read_only,
+                    "volume ready; served where its placeholder appears in the shared dir"
+                );
+                check_later(rt, format!("volume {}", v.name), backend);
+                mounts.push(Mount { name: v.name, point: MountPoint::host_dir(v.source), fs, read_only: v.read_only });
+            }
+            Err(e) => {
+                tracing::error!("{}", kata::Refusal { volume: v.name, reason: format!("profile `{}`: {e}", v.profile) })
+            }
+        }
+    }
+    mounts
 }
 
 // --- passthrough (vfs::passthrough) ---
 /// `--shared-dir DIR`: DIR served by [`PassthroughFs`].
-pub fn build_passthrough(c: &Common, cfg: &Config) -> Result<Arc<dyn RequestHandler>, String> {
+/// With pod annotations asking for volumes, they are attached inside it
+/// ([`kata_mounts`], [`MountFs`]).
+pub fn build_passthrough(
+    c: &Common,
+    cfg: &Config,
+    rt: &tokio::runtime::Handle,
+) -> Result<Arc<dyn RequestHandler>, String> {
     let dir = c.shared_dir.as_ref().ok_or("--passthrough needs --shared-dir DIR")?;
     let opts = PassthroughOptions {
         attr_timeout: cfg.cache_settings.attr_timeout,
@@ -435,7 +518,11 @@ pub fn build_passthrough(c: &Common, cfg: &Config) -> Result<Arc<dyn RequestHand
     let fs = PassthroughFs::new(dir, opts)
         .map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?
         .with_dax_policy(cfg.socket_settings.dax_policy.clone());
-    Ok(Arc::new(Server::new(fs, ServerOptions::default())))
+    let mounts = kata_mounts(c, cfg, rt);
+    if mounts.is_empty() {
+        return Ok(Arc::new(Server::new(fs, ServerOptions::default())));
+    }
+    Ok(Arc::new(Server::new(MountFs::new(fs, mounts), ServerOptions::default())))
 }
 
 /// `--dax-window SIZE`: bytes, or with a K/M/G (KiB/MiB/GiB) suffix.
@@ -494,6 +581,14 @@ pub fn main() -> i32 {
             return EXIT_CONFIG;
         }
     };
+    // Before any thread exists: every thread started later inherits it.
+    if let Some(ns) = &cfg.kata.netns {
+        if let Err(e) = kata::enter_netns(ns) {
+            eprintln!("ovfs: {e}");
+            return EXIT_CONFIG;
+        }
+        tracing::info!(netns = %ns.display(), "entered the network namespace for back-end traffic");
+    }
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -510,7 +605,7 @@ pub fn main() -> i32 {
 fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
     let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs)
     {
-        match build_passthrough(common, cfg) {
+        match build_passthrough(common, cfg, rt.handle()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -581,7 +676,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
     };
     let c = &cli.common;
     let handler: Arc<dyn RequestHandler> = if c.passthrough || (c.shared_dir.is_some() && !c.opendal_fs) {
-        match build_passthrough(&cli.common, cfg) {
+        match build_passthrough(&cli.common, cfg, rt.handle()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -598,12 +693,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         };
         // No back-end round trip before accepting (VMMs and Kata give little
         // time): check reachability in the background and log the outcome.
-        rt.spawn(async move {
-            match b.check().await {
-                Ok(()) => tracing::info!(scheme = b.scheme(), "back-end reachable"),
-                Err(e) => tracing::error!(scheme = b.scheme(), error = %e, "back-end check failed; requests will fail until it recovers"),
-            }
-        });
+        check_later(rt.handle(), "storage_settings".into(), b);
         server
     };
     let opts = VhostUserOptions {

@@ -1,6 +1,6 @@
 //! TOML configuration: parsing, defaults and validation, done once at start-up.
 //!
-//! The file has four sections, all optional:
+//! The file has these sections, all optional:
 //!
 //! - `[socket_settings]`: vhost-user socket path, virtio-fs tag, queue count;
 //! - `[cache_settings]`: data cache switches and attribute/entry TTLs;
@@ -10,7 +10,8 @@
 //!   used** (handy for tests; nothing persists);
 //! - `[backend_settings]`: retry/timeout policy, the POSIX defaults shown
 //!   for objects that carry no mode/uid/gid metadata, and fault injection
-//!   (`inject_*` keys: for testing; off by default).
+//!   (`inject_*` keys: for testing; off by default);
+//! - `[kata]`, `[profiles.NAME]`: Kata volumes (parsed by [`crate::kata`]).
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
@@ -37,6 +38,8 @@ pub struct Config {
     pub cache_settings: CacheSettings,
     pub storage_settings: StorageSettings,
     pub backend_settings: BackendSettings,
+    /// `[kata]` and `[profiles.*]` (see [`crate::kata`]).
+    pub kata: crate::kata::KataConfig,
 }
 
 /// `[socket_settings]`.
@@ -65,9 +68,26 @@ pub struct CacheSettings {
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
     pub negative_timeout: Duration,
-    /// Bound on the data cache's memory (memfd pool), bytes; a byte count or
-    /// a string like `"256MiB"` (default 256 MiB, at least 4 MiB).
+    /// Bound on the data cache's memory (memfd pool) plus the staged bytes
+    /// of files being written, bytes; a byte count or a string like
+    /// `"256MiB"` (default 256 MiB, at least 4 MiB).
     pub memory_limit: usize,
+    /// Staged (not yet uploaded) bytes allowed before writers wait for
+    /// uploads; part of `memory_limit`. `None`: a quarter of `memory_limit`.
+    pub dirty_limit: Option<usize>,
+    /// With write-back on: how often dirty files are uploaded without a
+    /// FLUSH/FSYNC (default 5 s).
+    pub flush_interval: Duration,
+    /// Largest readahead window per open file, bytes (0: no readahead;
+    /// default 64 MiB).
+    pub readahead_max: usize,
+    /// How long a directory listing is reused for READDIR, LOOKUP and
+    /// GETATTR of its entries (0: not at all, the default).
+    pub dir_cache_ttl: Duration,
+    /// Trust a listing's attributes on object stores whose listings carry no
+    /// POSIX metadata (S3): `ls -l` needs no HEAD per entry, but mode/uid/gid
+    /// stored as object metadata show as the defaults (default false).
+    pub listing_attrs: bool,
 }
 
 impl Default for CacheSettings {
@@ -81,6 +101,11 @@ impl Default for CacheSettings {
             entry_timeout: Duration::from_secs(1),
             negative_timeout: Duration::from_secs(0),
             memory_limit: 256 << 20,
+            dirty_limit: None,
+            flush_interval: Duration::from_secs(5),
+            readahead_max: 64 << 20,
+            dir_cache_ttl: Duration::ZERO,
+            listing_attrs: false,
         }
     }
 }
@@ -204,7 +229,7 @@ impl Default for BackendSettings {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn new(msg: impl Into<String>) -> Self {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
         // Always one line.
         let msg: String = msg.into();
         let one_line = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
@@ -271,6 +296,7 @@ impl Config {
             cache_settings: CacheSettings::default(),
             storage_settings: StorageSettings::default(),
             backend_settings: BackendSettings::default(),
+            kata: crate::kata::KataConfig::default(),
         }
     }
 
@@ -295,9 +321,11 @@ impl Config {
                 "cache_settings" => cfg.cache_settings = parse_cache(table)?,
                 "storage_settings" => cfg.storage_settings = parse_storage(table)?,
                 "backend_settings" => cfg.backend_settings = parse_backend(table)?,
+                "kata" => cfg.kata.parse_kata(table)?,
+                "profiles" => cfg.kata.parse_profiles(table)?,
                 _ => {
                     return Err(ConfigError::new(format!(
-                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings)"
+                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles)"
                     )))
                 }
             }
@@ -486,14 +514,41 @@ fn parse_cache(t: toml::Table) -> Result<CacheSettings, ConfigError> {
                     return Err(ConfigError::new(format!("{S}.memory_limit: must be at least 4MiB")));
                 }
             }
+            "dirty_limit" => {
+                let n = get_size(S, k, v)?;
+                if n < 1 << 20 {
+                    return Err(ConfigError::new(format!("{S}.dirty_limit: must be at least 1MiB")));
+                }
+                c.dirty_limit = Some(n);
+            }
+            "flush_interval" => {
+                c.flush_interval = get_duration(S, k, v)?;
+                if c.flush_interval.is_zero() {
+                    return Err(ConfigError::new(format!("{S}.flush_interval: must be above 0")));
+                }
+            }
+            "readahead_max" => c.readahead_max = get_size(S, k, v)?,
+            "dir_cache_ttl" => c.dir_cache_ttl = get_duration(S, k, v)?,
+            "listing_attrs" => c.listing_attrs = get_bool(S, k, v)?,
             _ => return Err(unknown_key(S, k)),
+        }
+    }
+    if let Some(d) = c.dirty_limit {
+        if d >= c.memory_limit {
+            return Err(ConfigError::new(format!("{S}.dirty_limit: must be below memory_limit")));
         }
     }
     Ok(c)
 }
 
 fn parse_storage(t: toml::Table) -> Result<StorageSettings, ConfigError> {
-    const S: &str = "storage_settings";
+    parse_storage_section("storage_settings", t)
+}
+
+/// A `type` + OpenDAL options table (`[storage_settings]`, `[profiles.NAME]`).
+pub(crate) fn parse_storage_section(section: &str, t: toml::Table) -> Result<StorageSettings, ConfigError> {
+    #[allow(non_snake_case)]
+    let S = section;
     let mut service = None;
     let mut options = BTreeMap::new();
     for (k, v) in &t {
@@ -660,6 +715,27 @@ secret_access_key = "adminsecret"
 
         let e = err("[storage_settings]\ntype = \"fs\"\n");
         assert!(e.contains("requires `root`"), "{e}");
+    }
+
+    #[test]
+    fn write_back_readahead_and_listing_keys() {
+        let cfg = Config::parse(
+            "[cache_settings]\nenabled_cache_write_back = true\nmemory_limit = \"128MiB\"\ndirty_limit = \"32MiB\"\nflush_interval = \"2s\"\nreadahead_max = \"16MiB\"\ndir_cache_ttl = \"3s\"\nlisting_attrs = true\n",
+        )
+        .expect("parses");
+        let c = &cfg.cache_settings;
+        assert!(c.enabled_cache_write_back);
+        assert_eq!(c.dirty_limit, Some(32 << 20));
+        assert_eq!(c.flush_interval, Duration::from_secs(2));
+        assert_eq!(c.readahead_max, 16 << 20);
+        assert_eq!(c.dir_cache_ttl, Duration::from_secs(3));
+        assert!(c.listing_attrs);
+        let d = CacheSettings::default();
+        assert_eq!((d.dirty_limit, d.flush_interval, d.readahead_max), (None, Duration::from_secs(5), 64 << 20));
+        let e = err("[cache_settings]\nmemory_limit = \"64MiB\"\ndirty_limit = \"64MiB\"\n");
+        assert!(e.contains("dirty_limit"), "{e}");
+        let e = err("[cache_settings]\nflush_interval = 0\n");
+        assert!(e.contains("flush_interval"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod frontend;
 pub mod fuse;
+pub mod kata;
 pub mod metrics;
 pub mod transport;
 pub mod vfs;

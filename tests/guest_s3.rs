@@ -27,320 +27,47 @@
 #[path = "common/s3.rs"]
 mod s3;
 
+#[path = "common/guest.rs"]
+mod guest;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use guest::{guest_dir, repo, secs, serial, Boot, BootOpts, Daemon, Work};
 use s3::{pseudo_random, sha256, S3Client, S3Server};
-
-static GUESTS: Mutex<()> = Mutex::new(());
-
-/// One guest at a time (a failed test must not poison the others).
-fn serial() -> MutexGuard<'static, ()> {
-    GUESTS.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const BOOT_TIMEOUT_S: u32 = 600;
 /// pjdfstest over S3: every operation is one or more HTTP requests.
 const PJDFSTEST_TIMEOUT_S: u32 = 1800;
 const MIB: usize = 1 << 20;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn guest_dir() -> PathBuf {
-    repo().join("tests/guest")
-}
-
-/// PATH for the helper scripts: the caller's plus cargo's bin directory
-/// (where install-deps.sh puts pjdfstest).
-fn search_path() -> OsString {
-    let mut dirs: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(c) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(c).join("bin"));
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(h).join(".cargo/bin"));
-    }
-    for d in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    std::env::join_paths(dirs).expect("PATH")
-}
-
 fn find_exe(name: &str) -> PathBuf {
-    std::env::split_paths(&search_path())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: run tests/tools/install-deps.sh"))
+    guest::require_exe(name, name)
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn read_lossy(p: &Path) -> String {
-    fs::read(p).map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
-}
-
-/// What `yes WORD | head -c LEN` prints.
 fn yes(word: &str, len: usize) -> Vec<u8> {
     format!("{word}\n").into_bytes().into_iter().cycle().take(len).collect()
 }
 
-// ---------------------------------------------------------------- work dir, daemon, boots
+// ---------------------------------------------------------------- daemon, boots (tests/common/guest.rs)
 
-/// A test's work directory (kept when the test fails) and socket directory.
-struct Work {
-    name: &'static str,
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    socks: tempfile::TempDir,
-    /// OVFS_WORK for the scripts: shared, so the initramfs base is cached.
-    shared: PathBuf,
-    started: Instant,
+/// ovfs with this config, serving one VMM connection on the work's socket.
+fn ovfs(w: &Work, name: &str, config: &str) -> Daemon {
+    Daemon::ovfs_config(w, name, &w.sock("fs.sock"), config, &[])
 }
 
-impl Work {
-    fn new(name: &'static str) -> Work {
-        let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-s3");
-        fs::create_dir_all(&shared).expect("mkdir CARGO_TARGET_TMPDIR/guest-s3");
-        let dir = tempfile::Builder::new().prefix(&format!("{name}.")).tempdir_in(&shared).expect("work dir");
-        // unix socket paths are limited to 108 bytes
-        let socks = tempfile::Builder::new().prefix("ovfs-gs3.").tempdir_in("/tmp").expect("socket dir");
-        let path = dir.path().to_path_buf();
-        eprintln!("[{name}] work dir {}", path.display());
-        Work { name, dir: Some(dir), path, socks, shared, started: Instant::now() }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.socks.path().join("fs.sock")
-    }
-
-    fn step(&self, what: &str, t: Instant) {
-        eprintln!("[{}] {what}: {} (test so far {})", self.name, secs(t.elapsed()), secs(self.started.elapsed()));
-    }
-
-    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
-        c.env("PATH", search_path()).env("OVFS_WORK", &self.shared).stdin(Stdio::null());
-        c
-    }
-
-    /// build-initramfs.sh with a guest script and extra arguments (-b, -f).
-    fn initramfs(&self, name: &str, script: impl AsRef<Path>, extra: &[OsString]) -> PathBuf {
-        let script = guest_dir().join("scripts").join(script.as_ref());
-        let t = Instant::now();
-        let out_path = self.p(&format!("{name}.cpio.gz"));
-        let out = self
-            .cmd(guest_dir().join("build-initramfs.sh"))
-            .arg("-o")
-            .arg(&out_path)
-            .arg("-s")
-            .arg(&script)
-            .args(extra)
-            .output()
-            .expect("run build-initramfs.sh");
-        assert!(
-            out.status.success(),
-            "[{}] build-initramfs.sh {} failed ({}): {}",
-            self.name,
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.step(&format!("initramfs {name}"), t);
-        out_path
-    }
-
-    /// ovfs with this config, serving one VMM connection on `sock()`.
-    fn ovfs(&self, name: &str, config: &str) -> Daemon {
-        let cfg = self.p(&format!("{name}.toml"));
-        fs::write(&cfg, config).expect("write config");
-        let sock = self.sock();
-        let _ = fs::remove_file(&sock);
-        let log = self.p(&format!("{name}.daemon.log"));
-        let child = self
-            .cmd(env!("CARGO_BIN_EXE_ovfs"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--socket-path")
-            .arg(&sock)
-            .stdout(Stdio::from(fs::File::create(&log).expect("daemon log")))
-            .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).expect("daemon log")))
-            .spawn()
-            .expect("start ovfs");
-        Daemon { child: Some(child), log }
-    }
-
-    /// One guest boot against `sock()`; returns when QEMU is gone.
-    fn boot(&self, name: &str, initrd: &Path, cmdline: &str, daemon: &Daemon) -> Boot {
-        self.boot_with_timeout(name, initrd, cmdline, daemon, BOOT_TIMEOUT_S)
-    }
-
-    fn boot_with_timeout(&self, name: &str, initrd: &Path, cmdline: &str, daemon: &Daemon, timeout_s: u32) -> Boot {
-        let t = Instant::now();
-        let log = self.p(&format!("{name}.log"));
-        let mut c = self.cmd(guest_dir().join("run-guest.sh"));
-        c.arg("-i").arg(initrd).arg("-s").arg(self.sock()).args(["-t", "myfs", "-c", "2", "-m", "1024", "-Q"]);
-        c.arg("-T").arg(timeout_s.to_string()).arg("-l").arg(&log);
-        if !cmdline.is_empty() {
-            c.arg("-a").arg(cmdline);
-        }
-        let out = c.output().expect("run run-guest.sh");
-        let b = Boot {
-            test: self.name,
-            name: name.to_string(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            log: read_lossy(&log),
-            log_path: log,
-            daemon_log: daemon.log.clone(),
-        };
-        self.step(&format!("boot {name} ({})", b.status), t);
-        b
-    }
+/// One guest boot against the work's socket; returns when QEMU is gone.
+fn boot(w: &Work, name: &str, initrd: &Path, cmdline: &str, daemon: &Daemon) -> Boot {
+    boot_t(w, name, initrd, cmdline, daemon, BOOT_TIMEOUT_S)
 }
 
-impl Drop for Work {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                let p = d.keep();
-                eprintln!("[{}] FAILED; work files (console and daemon logs) kept in {}", self.name, p.display());
-            }
-        }
-    }
-}
-
-/// An ovfs daemon; stopped on drop.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// ovfs serves one VMM connection: it must exit once QEMU is gone.
-    fn expect_exit_after_disconnect(&mut self) {
-        let end = Instant::now() + Duration::from_secs(15);
-        let Some(c) = self.child.as_mut() else { return };
-        loop {
-            if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "ovfs still running 15 s after the VMM disconnected; log:\n{}",
-                tail(&read_lossy(&self.log), 30)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Ok(None) = c.try_wait() {
-                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                for _ in 0..50 {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The outcome of one guest boot.
-struct Boot {
-    test: &'static str,
-    name: String,
-    status: ExitStatus,
-    stderr: String,
-    log: String,
-    log_path: PathBuf,
-    daemon_log: PathBuf,
-}
-
-impl Boot {
-    fn lines(&self) -> impl Iterator<Item = &str> {
-        self.log.lines().map(str::trim_end)
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "run-guest.sh: {}\n--- console log {} (tail):\n{}\n--- daemon log {} (tail):\n{}",
-            self.stderr.trim(),
-            self.log_path.display(),
-            tail(&self.log, 60),
-            self.daemon_log.display(),
-            tail(&read_lossy(&self.daemon_log), 20)
-        )
-    }
-
-    /// run-guest.sh exit 0, the end marker with rc=0, no FAIL line, and
-    /// every one of `passes` as a whole line.
-    fn assert_passed(&self, passes: &[String]) {
-        let fails: Vec<&str> = self.lines().filter(|l| l.starts_with("FAIL")).collect();
-        assert!(
-            self.status.success() && self.lines().any(|l| l == "OVFS-GUEST-END rc=0") && fails.is_empty(),
-            "[{}] guest boot {} failed: run-guest.sh {}, FAIL lines: {fails:#?}\n{}",
-            self.test,
-            self.name,
-            self.status,
-            self.context()
-        );
-        let have: BTreeSet<&str> = self.lines().collect();
-        let missing: Vec<&String> = passes.iter().filter(|p| !have.contains(p.as_str())).collect();
-        assert!(
-            missing.is_empty(),
-            "[{}] guest boot {}: expected lines missing: {missing:#?}\n{}",
-            self.test,
-            self.name,
-            self.context()
-        );
-    }
-
-    /// `SHA <path> <sha256>` lines, by path.
-    fn sha_lines(&self) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        for l in self.lines() {
-            let w: Vec<&str> = l.split(' ').collect();
-            if w.len() == 3 && w[0] == "SHA" && w[2].len() == 64 && w[2].bytes().all(|b| b.is_ascii_hexdigit()) {
-                let old = m.insert(w[1].to_string(), w[2].to_string());
-                assert!(old.is_none(), "[{}] boot {}: two SHA lines for {}", self.test, self.name, w[1]);
-            }
-        }
-        m
-    }
-
-    /// Lines starting with `prefix` (e.g. "TIME ", "DELAY ").
-    fn tagged(&self, prefix: &str) -> Vec<String> {
-        self.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()
-    }
+fn boot_t(w: &Work, name: &str, initrd: &Path, cmdline: &str, daemon: &Daemon, timeout_s: u32) -> Boot {
+    let o = BootOpts { timeout_s, ..BootOpts::default() };
+    w.boot_with(name, initrd, &w.sock("fs.sock"), cmdline, daemon, &o)
 }
 
 fn pass_lines(names: &[&str]) -> Vec<String> {
@@ -444,7 +171,7 @@ fn guest_s3_semantics() {
     let _g = serial();
     let srv = S3Server::shared();
     let c = srv.client();
-    let w = Work::new("guest_s3_semantics");
+    let w = Work::new("guest_s3_semantics", "guest-s3");
     const P: &str = "sem/";
 
     // objects the guest finds (PUT without metadata, like any other S3 client)
@@ -463,8 +190,8 @@ fn guest_s3_semantics() {
 
     let config = srv.ovfs_config("/sem", "");
     let initrd = w.initramfs("sem", "s3-semantics.sh", &[]);
-    let mut d = w.ovfs("sem1", &config);
-    let b1 = w.boot("phase1", &initrd, "ovfs.phase=1", &d);
+    let mut d = ovfs(&w, "sem1", &config);
+    let b1 = boot(&w, "phase1", &initrd, "ovfs.phase=1", &d);
     b1.assert_passed(&[pass_lines(SEM_PASSES), vec!["s3-semantics: phase 1: all checks passed".into()]].concat());
     d.expect_exit_after_disconnect();
     for l in b1.tagged("TIME ") {
@@ -551,8 +278,8 @@ fn guest_s3_semantics() {
     let mut spec = list.into_os_string();
     spec.push(":/ovfs-expected.sha");
     let initrd2 = w.initramfs("sem2", "s3-semantics.sh", &["-f".into(), spec]);
-    let mut d = w.ovfs("sem2", &config);
-    let b2 = w.boot("phase2", &initrd2, "ovfs.phase=2", &d);
+    let mut d = ovfs(&w, "sem2", &config);
+    let b2 = boot(&w, "phase2", &initrd2, "ovfs.phase=2", &d);
     let n = shas.len();
     b2.assert_passed(
         &[
@@ -612,7 +339,7 @@ fn guest_s3_external_writer() {
     let _g = serial();
     let srv = S3Server::shared();
     let c = srv.client();
-    let w = Work::new("guest_s3_external_writer");
+    let w = Work::new("guest_s3_external_writer", "guest-s3");
     const P: &str = "ext/";
     c.put(&format!("{P}ext-del"), b"delete me\n", &[]);
     c.put(&format!("{P}ext-over"), &yes("ovfs-old", 1000), &[]);
@@ -625,8 +352,8 @@ fn guest_s3_external_writer() {
         let (c, done) = (c.clone(), done.clone());
         std::thread::spawn(move || external_writer(c, P, done))
     };
-    let mut d = w.ovfs("ext", &config);
-    let b = w.boot("ext", &initrd, "ovfs.ttl=1", &d);
+    let mut d = ovfs(&w, "ext", &config);
+    let b = boot(&w, "ext", &initrd, "ovfs.ttl=1", &d);
     done.store(true, Ordering::Relaxed);
     let host = writer.join().expect("writer thread");
     for (n, t) in &host {
@@ -714,7 +441,7 @@ fn pjdfstest_script(w: &Work) -> PathBuf {
 fn guest_pjdfstest_s3() {
     let _g = serial();
     let srv = S3Server::shared();
-    let w = Work::new("guest_pjdfstest_s3");
+    let w = Work::new("guest_pjdfstest_s3", "guest-s3");
     let expected = repo().join("tests/pjdfstest/expected/guest-s3.txt");
     assert!(expected.exists(), "{} missing", expected.display());
     let pjdfstest = find_exe("pjdfstest");
@@ -726,9 +453,9 @@ fn guest_pjdfstest_s3() {
     // (summary text, summarize.sh ok, [passed, failed, skipped], unexpected failures)
     let pjd = |name: &str, filter: &str, expected: Option<&Path>| {
         let config = srv.ovfs_config(&format!("/{name}"), "");
-        let mut d = w.ovfs(name, &config);
+        let mut d = ovfs(&w, name, &config);
         let cmdline = if filter.is_empty() { String::new() } else { format!("ovfs.pjdfs_filter={filter}") };
-        let b = w.boot_with_timeout(name, &initrd, &cmdline, &d, PJDFSTEST_TIMEOUT_S);
+        let b = boot_t(&w, name, &initrd, &cmdline, &d, PJDFSTEST_TIMEOUT_S);
         // pjdfstest 0.2.2 chmods every test's fresh directory to 0755 outside its
         // per-test panic handler: if that fails, the whole run dies at once (exit 101)
         assert!(

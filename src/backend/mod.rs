@@ -443,7 +443,14 @@ struct Inner {
     side: Option<SideTable>,
     /// Calls and failures per operation, for the metrics endpoint.
     stats: Arc<crate::metrics::BackendStats>,
+    /// Test hook: told of each completed call ([`Backend::record_calls`]).
+    recorder: std::sync::OnceLock<Recorder>,
 }
+
+/// Receives `(operation, path)` after each successful back-end call: `lookup`,
+/// `list`, `read`, `write` (one PUT), `part` (a streaming writer accepted a
+/// chunk), `close` (a streaming upload completed). For tests and metrics.
+pub type Recorder = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 
 /// In-process POSIX attributes of the `memory` service, keyed by OpenDAL key
 /// (`file`, `dir/`).
@@ -724,8 +731,20 @@ impl Backend {
                 faults_final,
                 side,
                 stats: crate::metrics::BackendStats::new(),
+                recorder: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Install a [`Recorder`] (once; false if one is already installed).
+    pub fn record_calls(&self, recorder: Recorder) -> bool {
+        self.inner.recorder.set(recorder).is_ok()
+    }
+
+    fn note(&self, op: &'static str, path: &str) {
+        if let Some(r) = self.inner.recorder.get() {
+            r(op, path);
+        }
     }
 
     /// Same as [`Backend::build`] from a whole [`crate::config::Config`].
@@ -954,6 +973,7 @@ impl Backend {
                     meta.posix = side.get(&entry_key(path, meta.kind));
                 }
             }
+            self.note("lookup", path);
             Ok(meta)
         })
         .await
@@ -1021,6 +1041,7 @@ impl Backend {
                     }
                 }
             }
+            self.note("list", dir);
             Ok(entries)
         })
         .await
@@ -1040,7 +1061,10 @@ impl Backend {
             // fail with EINVAL): go straight to the size check.
             if offset < MAX_SANE_OFFSET {
                 match self.op().read_options(path, opts).await {
-                    Ok(buf) => return Ok(buf.to_bytes()),
+                    Ok(buf) => {
+                        self.note("read", path);
+                        return Ok(buf.to_bytes());
+                    }
                     Err(e) if is_short_read(&e) => {}
                     Err(e) => return Err(self.err("read", path, e)),
                 }
@@ -1058,7 +1082,9 @@ impl Backend {
                 return Ok(Bytes::new());
             }
             let opts = ReadOptions { range: (offset..end.min(size)).into(), ..Default::default() };
-            self.op().read_options(path, opts).await.map(|b| b.to_bytes()).map_err(|e| self.err("read", path, e))
+            let data = self.op().read_options(path, opts).await.map_err(|e| self.err("read", path, e))?;
+            self.note("read", path);
+            Ok(data.to_bytes())
         })
         .await
     }
@@ -1078,7 +1104,13 @@ impl Backend {
     pub async fn write(&self, path: &str, data: Bytes, posix: &PosixMeta) -> Result<()> {
         check_path(path, false)?;
         let opts = self.write_options(posix);
-        self.deadline("write", path, async {
+        self.deadline("write", path, self.write_inner(path, data, posix, opts)).await?;
+        self.note("write", path);
+        Ok(())
+    }
+
+    async fn write_inner(&self, path: &str, data: Bytes, posix: &PosixMeta, opts: WriteOptions) -> Result<()> {
+        {
             self.inject_delay(&[path]).await;
             if let Some(_gate) = self.side_excl().await {
                 self.op().write_options(path, data, opts).await.map_err(|e| self.err("write", path, e))?;
@@ -1100,8 +1132,7 @@ impl Backend {
                 };
             }
             self.op().write_options(path, data, opts).await.map(|_| ()).map_err(|e| self.err("write", path, e))
-        })
-        .await
+        }
     }
 
     /// Streaming upload (multipart on S3, in chunks of at least 8 MiB); the
@@ -1497,7 +1528,9 @@ impl ObjectWriter {
             return Ok(());
         }
         let r = self.inner.write(data).await;
-        r.map_err(|e| self.backend.err("write", &self.path, e))
+        r.map_err(|e| self.backend.err("write", &self.path, e))?;
+        self.backend.note("part", &self.path);
+        Ok(())
     }
 
     /// Complete the upload; the object becomes visible (on memory, with its
@@ -1520,6 +1553,7 @@ impl ObjectWriter {
         match r {
             Ok(()) => {
                 backend.side_put(&self.path, &self.posix);
+                backend.note("close", &self.path);
                 Ok(())
             }
             Err(e) => {

@@ -331,6 +331,19 @@ impl BlockCache {
         Lookup::Hit(guard)
     }
 
+    /// Whether the block holding `off` is cached at `version` and fresh (no
+    /// effect on statistics or LRU order; for readahead decisions).
+    pub fn contains(&self, ino: u64, off: u64, version: &str) -> bool {
+        let key = self.key(ino, off);
+        let now = (self.inner.clock)();
+        let g = self.inner.lock();
+        g.map.get(&key).is_some_and(|slot| {
+            &*slot.version == version
+                && (slot.dirty_hint
+                    || self.inner.ttl.is_none_or(|ttl| now.saturating_duration_since(slot.fetched_at) < ttl))
+        })
+    }
+
     /// The back-end confirmed that `version` is current: make the block
     /// fresh again. False when the block is gone or holds another version.
     pub fn refresh(&self, ino: u64, off: u64, version: &str) -> bool {

@@ -173,7 +173,8 @@ impl Pool {
         let arenas = (0..n_arenas).map(|_| OnceLock::new()).collect();
         Ok(Pool {
             inner: Arc::new(Inner {
-                limit: config.memory_limit,
+                limit: AtomicUsize::new(config.memory_limit),
+                max_limit: config.memory_limit,
                 slabs_per_arena: slabs_per_arena as u32,
                 total_slabs: total_slabs as u32,
                 arenas,
@@ -207,7 +208,7 @@ impl Pool {
         let inner = &self.inner;
         let size = class.size();
         let reserved = inner.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            used.checked_add(size).filter(|&n| n <= inner.limit)
+            used.checked_add(size).filter(|&n| n <= inner.limit.load(Ordering::Relaxed))
         });
         if reserved.is_err() {
             inner.failed.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +241,14 @@ impl Pool {
     }
 
     pub fn memory_limit(&self) -> usize {
-        self.inner.limit
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Change the bound on blocks handed out (at most the limit the pool was
+    /// created with; blocks already out stay). Lets the file system give part
+    /// of one `memory_limit` to the staged bytes of files being written.
+    pub fn set_memory_limit(&self, limit: usize) {
+        self.inner.limit.store(limit.min(self.inner.max_limit), Ordering::Relaxed);
     }
 
     /// Number of distinct block indices the pool can ever hand out (for
@@ -253,7 +261,7 @@ impl Pool {
         let inner = &self.inner;
         PoolStats {
             used_bytes: inner.used.load(Ordering::Acquire),
-            memory_limit: inner.limit,
+            memory_limit: inner.limit.load(Ordering::Relaxed),
             committed_bytes: inner.committed.load(Ordering::Acquire),
             live_blocks: std::array::from_fn(|i| inner.live[i].load(Ordering::Relaxed)),
             failed_allocs: inner.failed.load(Ordering::Relaxed),
@@ -490,7 +498,10 @@ impl Stack {
 }
 
 struct Inner {
-    limit: usize,
+    /// Current bound on `used` (at most `max_limit`).
+    limit: AtomicUsize,
+    /// The bound the pool was created with (sizes the memfds).
+    max_limit: usize,
     slabs_per_arena: u32,
     total_slabs: u32,
     /// Fixed table; entry i is set when arena i is created.

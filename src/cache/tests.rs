@@ -416,3 +416,34 @@ fn concurrent_use() {
     assert_eq!(c.stats().entries, 0);
     assert_eq!(c.pool().used_bytes(), 0);
 }
+
+#[test]
+fn contains_sees_fresh_blocks_of_a_version_without_touching_stats() {
+    let (c, clock) = cache(8 * MIB, 64 * KIB, Some(Duration::from_secs(10)));
+    c.insert(3, 0, b"abc", v("e1")).unwrap();
+    let before = c.stats();
+    assert!(c.contains(3, 5, "e1"));
+    assert!(!c.contains(3, 0, "e2"), "another version");
+    assert!(!c.contains(3, 64 * KIB as u64, "e1"), "another block");
+    clock.advance(Duration::from_secs(10));
+    assert!(!c.contains(3, 0, "e1"), "expired: must be revalidated, not skipped by readahead");
+    let after = c.stats();
+    assert_eq!((before.hits, before.misses, before.stale), (after.hits, after.misses, after.stale));
+}
+
+#[test]
+fn lowered_pool_limit_evicts_to_the_new_bound() {
+    // The file system gives part of memory_limit to staged bytes.
+    let (c, _) = cache(8 * MIB, 2 * MIB, None);
+    for i in 0..4u64 {
+        c.insert(1, i * 2 * MIB as u64, &vec![1u8; 2 * MIB], v("e")).unwrap();
+    }
+    assert_eq!(c.stats().bytes_used, 8 * MIB);
+    c.pool().set_memory_limit(4 * MIB);
+    assert_eq!(c.pool().memory_limit(), 4 * MIB);
+    c.insert(2, 0, &vec![2u8; 2 * MIB], v("e")).unwrap();
+    assert!(c.stats().bytes_used <= 4 * MIB, "{:?}", c.stats());
+    // Raising it never goes past the size the pool was made with.
+    c.pool().set_memory_limit(64 * MIB);
+    assert_eq!(c.pool().memory_limit(), 8 * MIB);
+}

@@ -12,15 +12,24 @@
 //! file as one PUT or one multipart upload, so the object is replaced
 //! atomically and never visible half-written.
 //!
+//! Memory: staged bytes are counted against `dirty_limit` (part of the
+//! cache's `memory_limit`); writers wait for room (back-pressure) while
+//! streamed parts give their memory back and other staged files are
+//! uploaded early. With write-back on, a periodic flusher uploads files that
+//! stayed dirty. Reads of unmodified files go through the block cache with
+//! per-handle readahead; directory listings may be reused for a TTL.
+//! See docs/ARCHITECTURE.md ("Writes and durability", "Reads").
+//!
 //! Lock order: `open` (std mutex, the open-file table) may be taken while
 //! holding nothing else; an open file's `state` (tokio mutex) may be held
 //! across back-end calls and is the only lock ever held across `.await`; a
 //! file's `snap` (std mutex) is taken last and briefly. Never two `state`
-//! locks at once.
+//! locks at once. `inflight`, `listings` and a handle's `ra` are leaves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -28,7 +37,7 @@ use super::handle::HandleTable;
 use super::inode::{InodeTable, Kind};
 use super::staging::Staged;
 use crate::backend::{Backend, Caps, EntryKind, ErrorKind, Meta, ObjectWriter, PosixMeta};
-use crate::cache::{BlockCache, Lookup, Version};
+use crate::cache::{BlockCache, BlockKey, Lookup, Version};
 use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
 use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
@@ -56,6 +65,36 @@ pub struct ObjectFsOptions {
     pub max_file_size: u64,
     /// Most objects a directory rename may move.
     pub rename_dir_limit: usize,
+    /// Write-back: a periodic flusher uploads dirty files every
+    /// `flush_interval` without waiting for FLUSH/FSYNC/RELEASE.
+    pub write_back: bool,
+    pub flush_interval: Duration,
+    /// Staged bytes allowed before writers wait for uploads (`None`: a
+    /// quarter of the cache's memory limit, else 64 MiB). With a cache, the
+    /// cache's pool gives up this much of its limit.
+    pub dirty_limit: Option<usize>,
+    /// Largest readahead window per handle (0: off).
+    pub readahead_max: usize,
+    /// Reuse of a directory listing for READDIR/LOOKUP/GETATTR (0: off).
+    pub dir_cache_ttl: Duration,
+    /// Use listing attributes even where listings carry no POSIX metadata.
+    pub listing_attrs: bool,
+}
+
+impl ObjectFsOptions {
+    /// Take the `[cache_settings]` knobs of this file system from `c`.
+    pub fn with_cache_settings(mut self, c: &crate::config::CacheSettings) -> Self {
+        self.attr_timeout = c.attr_timeout;
+        self.entry_timeout = c.entry_timeout;
+        self.negative_timeout = c.negative_timeout;
+        self.write_back = c.enabled_cache_write_back;
+        self.flush_interval = c.flush_interval;
+        self.dirty_limit = Some(c.dirty_limit.unwrap_or(c.memory_limit / 4));
+        self.readahead_max = c.readahead_max;
+        self.dir_cache_ttl = c.dir_cache_ttl;
+        self.listing_attrs = c.listing_attrs;
+        self
+    }
 }
 
 impl Default for ObjectFsOptions {
@@ -71,6 +110,12 @@ impl Default for ObjectFsOptions {
             part_size: 8 << 20,
             max_file_size: 1 << 40,
             rename_dir_limit: 10_000,
+            write_back: false,
+            flush_interval: Duration::from_secs(5),
+            dirty_limit: None,
+            readahead_max: 64 << 20,
+            dir_cache_ttl: Duration::ZERO,
+            listing_attrs: false,
         }
     }
 }
@@ -90,6 +135,8 @@ struct Snapshot {
     /// cached blocks of another version are not served (close-to-open
     /// consistency with other writers).
     version: Option<Version>,
+    /// The object's size when it was opened (readahead stops there).
+    object_size: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -107,6 +154,15 @@ struct FileState {
     sequential: bool,
     /// The multipart upload streaming this file's first `sent` bytes.
     stream: Option<Stream>,
+    /// Bytes `[0, punched)` of the staged file were sent by `stream` and
+    /// their memory given back (only under memory pressure). While the
+    /// stream is open they exist nowhere but in the upload.
+    punched: u64,
+    /// A streamed upload whose released parts cannot be re-sent failed:
+    /// reported by every later FSYNC/FLUSH/RELEASE of the file.
+    lost: Option<Errno>,
+    /// When the file last became dirty (the periodic flusher's clock).
+    dirty_since: Option<Instant>,
 }
 
 /// A multipart upload that started while the file was still being written
@@ -130,6 +186,34 @@ impl std::fmt::Debug for Stream {
 struct OpenFile {
     state: tokio::sync::Mutex<FileState>,
     snap: Mutex<Snapshot>,
+    /// Staged bytes this file holds against the budget (see [`Budget`]).
+    charged: AtomicU64,
+    budget: Arc<Budget>,
+}
+
+/// Staged bytes of all open files against `dirty_limit`.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicU64,
+    limit: AtomicU64,
+    /// Signalled whenever staged bytes are given back.
+    freed: tokio::sync::Notify,
+}
+
+impl Budget {
+    fn over(&self, extra: u64) -> bool {
+        self.used.load(Ordering::Acquire).saturating_add(extra) > self.limit.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        let c = self.charged.swap(0, Ordering::AcqRel);
+        if c > 0 {
+            self.budget.used.fetch_sub(c, Ordering::AcqRel);
+            self.budget.freed.notify_waiters();
+        }
+    }
 }
 
 impl OpenFile {
@@ -147,7 +231,26 @@ struct FileHandle {
     nodeid: u64,
     file: Arc<OpenFile>,
     writable: bool,
+    ra: Mutex<ReadAhead>,
 }
+
+/// Sequential-read detection of one handle.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// End of the previous read (0 before the first).
+    last_end: u64,
+    /// Sequential reads in a row.
+    streak: u32,
+    /// Current window (0: off).
+    window: u64,
+    /// Readahead has been issued up to here.
+    issued: u64,
+}
+
+/// Blocks being fetched (readahead or a foreground miss): waiters acquire
+/// the semaphore, which the fetcher closes when the block is in the cache
+/// (or the fetch failed).
+type InFlight = Arc<Mutex<HashMap<BlockKey, Arc<tokio::sync::Semaphore>>>>;
 
 #[derive(Debug)]
 struct Listed {
@@ -162,8 +265,21 @@ struct DirHandle {
     snapshot: Mutex<Option<Arc<Vec<Listed>>>>,
 }
 
-/// The object-store file system.
+/// The object-store file system (a handle on [`Core`], shared with the
+/// periodic flusher task).
 pub struct ObjectFs {
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for ObjectFs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The state of an [`ObjectFs`].
+pub struct Core {
     backend: Backend,
     caps: Caps,
     opts: ObjectFsOptions,
@@ -179,6 +295,13 @@ pub struct ObjectFs {
     cache: Option<BlockCache>,
     /// Bytes sent by streaming uploads while files were being written.
     streamed: std::sync::atomic::AtomicU64,
+    budget: Arc<Budget>,
+    inflight: InFlight,
+    /// Directory path -> (listed at, listing), reused for `dir_cache_ttl`.
+    listings: Mutex<HashMap<String, CachedListing>>,
+    flusher: std::sync::atomic::AtomicBool,
+    /// Uploads done by the periodic flusher.
+    flushed: AtomicU64,
     /// DAX mappings of staged files and the per-inode DAX policy.
     dax: dax::DaxState,
 }
@@ -217,14 +340,133 @@ fn io_err(e: std::io::Error) -> Errno {
     Errno(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// An object's version: its etag, else its size and mtime.
+fn version_of(m: &Meta) -> Version {
+    match &m.etag {
+        Some(e) => e.as_str().into(),
+        None => {
+            let t = m.mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
+            format!("{}:{}", m.size, t.as_nanos()).into()
+        }
+    }
+}
+
 fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// A directory listing and when it was taken.
+type CachedListing = (Instant, Arc<Vec<Listed>>);
+
+/// Most directory listings kept by the listing cache.
+const MAX_LISTINGS: usize = 256;
+
+/// Removes a block's in-flight mark and wakes its waiters, also when the
+/// fetching task is cancelled (INTERRUPT).
+struct FetchMark {
+    inflight: InFlight,
+    key: BlockKey,
+    sem: Arc<tokio::sync::Semaphore>,
+}
+
+impl Drop for FetchMark {
+    fn drop(&mut self) {
+        let mut g = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &self.sem)) {
+            g.remove(&self.key);
+        }
+        drop(g);
+        self.sem.close();
+    }
+}
+
+/// Mark `key` in flight; `None` when someone else is fetching it (their
+/// semaphore is returned to wait on).
+fn mark_fetch(inflight: &InFlight, key: BlockKey) -> std::result::Result<FetchMark, Arc<tokio::sync::Semaphore>> {
+    let mut g = inflight.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = g.get(&key) {
+        return Err(s.clone());
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(0));
+    g.insert(key, sem.clone());
+    Ok(FetchMark { inflight: inflight.clone(), key, sem })
+}
+
+/// The bytes of the block at `boff` (block-aligned): fetched with one ranged
+/// GET and cached, or, when a readahead is already fetching it, taken from
+/// the cache once that fetch is done.
+async fn fetch_block(
+    backend: &Backend,
+    cache: &BlockCache,
+    inflight: &InFlight,
+    ino: u64,
+    path: &str,
+    boff: u64,
+    version: Version,
+) -> Result<Bytes> {
+    let key = cache.key(ino, boff);
+    let mark = match mark_fetch(inflight, key) {
+        Ok(m) => Some(m),
+        Err(sem) => {
+            // Closed when the other fetch ends.
+            let _ = sem.acquire().await;
+            if let Lookup::Hit(g) = cache.get(ino, boff) {
+                if *g.version() == version {
+                    return Ok(g.to_bytes());
+                }
+            }
+            None
+        }
+    };
+    let bs = cache.block_size() as u64;
+    let data = backend.read(path, boff, bs).await?;
+    if let Err(e) = cache.insert(ino, boff, &data, version) {
+        tracing::debug!(error = %e, "block not cached");
+    }
+    drop(mark);
+    Ok(data)
+}
+
+/// Fetch a block into the cache in the background (readahead).
+fn spawn_fetch(
+    backend: &Backend,
+    cache: &BlockCache,
+    inflight: &InFlight,
+    ino: u64,
+    path: &str,
+    boff: u64,
+    v: Version,
+) {
+    let Ok(mark) = mark_fetch(inflight, cache.key(ino, boff)) else { return };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let (backend, cache, path) = (backend.clone(), cache.clone(), path.to_string());
+    rt.spawn(async move {
+        let bs = cache.block_size() as u64;
+        match backend.read(&path, boff, bs).await {
+            Ok(data) => {
+                if let Err(e) = cache.insert(ino, boff, &data, v) {
+                    tracing::debug!(error = %e, "readahead block not cached");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "readahead failed"),
+        }
+        drop(mark);
+    });
+}
+
+/// Staged bytes allowed without a cache to take the limit from.
+const DEFAULT_DIRTY_LIMIT: usize = 64 << 20;
+
 impl ObjectFs {
     pub fn new(backend: Backend, opts: ObjectFsOptions) -> Self {
         let caps = backend.caps();
-        ObjectFs {
+        let limit = opts.dirty_limit.unwrap_or(DEFAULT_DIRTY_LIMIT) as u64;
+        let budget = Arc::new(Budget {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+            freed: tokio::sync::Notify::new(),
+        });
+        let core = Core {
             backend,
             caps,
             opts,
@@ -235,8 +477,14 @@ impl ObjectFs {
             started: now(),
             cache: None,
             streamed: std::sync::atomic::AtomicU64::new(0),
+            budget,
             dax: Default::default(),
-        }
+            inflight: Arc::default(),
+            listings: Mutex::new(HashMap::new()),
+            flusher: std::sync::atomic::AtomicBool::new(false),
+            flushed: AtomicU64::new(0),
+        };
+        ObjectFs { core: Arc::new(core) }
     }
 
     /// Bytes sent by streaming uploads before their files' durability point
@@ -248,9 +496,50 @@ impl ObjectFs {
     /// Serve reads of unmodified files from `cache` (blocks of
     /// `cache.block_size()` bytes, fetched whole: a sequential reader makes
     /// one back-end request per block).
+    ///
+    /// The staged bytes of files being written share the pool's memory
+    /// limit: the pool gives up `dirty_limit` of it (by default a quarter).
     pub fn with_cache(mut self, cache: BlockCache) -> Self {
-        self.cache = Some(cache);
+        let core = Arc::get_mut(&mut self.core).expect("with_cache before the file system is shared");
+        let total = cache.pool().memory_limit();
+        let dirty = core.opts.dirty_limit.unwrap_or(total / 4).min(total / 2);
+        cache.pool().set_memory_limit(total - dirty);
+        core.budget.limit.store(dirty as u64, Ordering::Relaxed);
+        core.cache = Some(cache);
         self
+    }
+
+    /// Uploads done by the periodic flusher (tests, metrics).
+    pub fn background_uploads(&self) -> u64 {
+        self.flushed.load(Ordering::Relaxed)
+    }
+
+    /// Start the periodic flusher (write-back) once, on the current tokio
+    /// runtime. It holds only a weak reference: it ends with the file system.
+    fn start_flusher(&self) {
+        if self.flusher.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.flusher.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(&self.core);
+        let every = self.opts.flush_interval.max(Duration::from_millis(10));
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { break };
+                core.flush_old(every).await;
+            }
+        });
+    }
+
+    /// Staged bytes held by open files, and the limit (tests, metrics).
+    pub fn staged_bytes(&self) -> (u64, u64) {
+        (self.budget.used.load(Ordering::Acquire), self.budget.limit.load(Ordering::Relaxed))
     }
 
     /// Data cache counters, when the cache is on (tests, metrics).
@@ -262,7 +551,9 @@ impl ObjectFs {
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.inodes.len(), self.files.len(), self.dirs.len())
     }
+}
 
+impl Core {
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<OpenFile>, usize)>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -295,8 +586,13 @@ impl ObjectFs {
                     opened_empty: false,
                     sequential: false,
                     stream: None,
+                    punched: 0,
+                    lost: None,
+                    dirty_since: None,
                 }),
                 snap: Mutex::new(init()),
+                charged: AtomicU64::new(0),
+                budget: self.budget.clone(),
             };
             (Arc::new(f), 0)
         });
@@ -428,17 +724,43 @@ impl ObjectFs {
         let s = self.load(&path, snap.in_backend).await?;
         let size = s.size();
         st.staged = Some(s);
+        st.punched = 0;
         file.update(|x| {
             x.staged = true;
             x.size = size;
         });
+        Self::recharge(file, st);
         Ok(())
+    }
+
+    /// Bring the file's charge against the staged-bytes budget up to date:
+    /// the memory its staging memfd holds (holes and released parts cost
+    /// nothing).
+    fn recharge(file: &OpenFile, st: &FileState) {
+        let now = st.staged.as_ref().map(Staged::resident).unwrap_or(0);
+        let old = file.charged.swap(now, Ordering::AcqRel);
+        let b = &file.budget;
+        if now > old {
+            b.used.fetch_add(now - old, Ordering::AcqRel);
+        } else if now < old {
+            b.used.fetch_sub(old - now, Ordering::AcqRel);
+            b.freed.notify_waiters();
+        }
     }
 
     /// Upload a dirty file: one PUT, or a multipart upload for large files.
     async fn upload(&self, nodeid: u64, file: &OpenFile) -> Result<()> {
         let mut guard = file.state.lock().await;
-        let st = &mut *guard;
+        self.upload_locked(nodeid, file, &mut guard).await
+    }
+
+    /// [`Core::upload`] with the state lock held. A failure leaves the file
+    /// dirty (the next durability point tries again), except for a streamed
+    /// upload whose released parts are gone: that error sticks (`lost`).
+    async fn upload_locked(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) -> Result<()> {
+        if let Some(e) = st.lost {
+            return Err(e);
+        }
         if !st.dirty && !self.dax_writable(nodeid) {
             return Ok(());
         }
@@ -459,12 +781,26 @@ impl ObjectFs {
             // streamed file keeps the mode/owner it had then, and its `mtime`
             // metadata is the time the stream started.
             let same = |a: &PosixMeta, b: &PosixMeta| a.mode == b.mode && a.uid == b.uid && a.gid == b.gid;
-            if same(&stream.posix, &snap.posix) && stream.sent <= size {
-                self.finish_stream(&path, staged, stream, size).await?;
-                st.dirty = false;
-                st.opened_empty = false;
-                file.update(|x| x.in_backend = true);
-                self.forget_cached(nodeid);
+            let released = st.punched > 0;
+            if (released || same(&stream.posix, &snap.posix)) && stream.sent <= size {
+                let changed = !same(&stream.posix, &snap.posix);
+                if let Err(e) = self.finish_stream(&path, staged, stream, size).await {
+                    if released {
+                        tracing::warn!(path = %path, error = %e, "streamed upload failed after its parts were released");
+                        st.lost = Some(e);
+                        st.dirty = false;
+                    }
+                    return Err(e);
+                }
+                if changed {
+                    // Parts already released: the metadata follows.
+                    self.backend.set_posix(&path, &snap.posix).await?;
+                }
+                self.uploaded(nodeid, file, st);
+                if released {
+                    // The staged copy has holes: the object is the file now.
+                    self.unstage(nodeid, file, st).await;
+                }
                 tracing::debug!(path = %path, size, "uploaded (streamed)");
                 return Ok(());
             }
@@ -492,11 +828,138 @@ impl ObjectFs {
             }
             w.close().await?;
         }
+        self.uploaded(nodeid, file, st);
+        tracing::debug!(path = %path, size, "uploaded");
+        Ok(())
+    }
+
+    /// Book-keeping after a successful upload.
+    fn uploaded(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) {
         st.dirty = false;
         st.opened_empty = false;
+        st.dirty_since = None;
         file.update(|x| x.in_backend = true);
         self.forget_cached(nodeid);
-        tracing::debug!(path = %path, size, "uploaded");
+        if let Some((p, _, _)) = self.inodes.get_any(nodeid) {
+            self.forget_listing(&p);
+        }
+    }
+
+    /// Drop a clean file's staged copy (memory pressure, or holes after a
+    /// streamed upload): reads go to the object again, writes load it again.
+    async fn unstage(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) {
+        // A DAX-mapped memfd is what the guest sees: never dropped under it.
+        if st.dirty || st.stream.is_some() || file.snap().unlinked || st.staged.as_ref().is_some_and(|s| s.pins() > 0) {
+            return;
+        }
+        st.staged = None;
+        st.punched = 0;
+        st.sequential = false;
+        Self::recharge(file, st);
+        // The new object's version, for reads through the cache.
+        let version = match self.inodes.get_any(nodeid) {
+            Some((path, _, true)) if self.cache.is_some() => {
+                self.backend.lookup(&path).await.ok().map(|m| version_of(&m))
+            }
+            _ => None,
+        };
+        let object_size = version.as_ref().map(|_| file.snap().size);
+        file.update(|x| {
+            x.staged = false;
+            x.version = version;
+            x.object_size = object_size;
+        });
+    }
+
+    /// Release the memory of parts a streaming upload has sent.
+    fn release_sent(file: &OpenFile, st: &mut FileState) {
+        let (Some(stream), Some(staged)) = (st.stream.as_ref(), st.staged.as_mut()) else { return };
+        if staged.pins() > 0 {
+            // Mapped by a guest (DAX): the bytes must stay.
+            return;
+        }
+        let upto = stream.sent;
+        if upto <= st.punched {
+            return;
+        }
+        match staged.punch(st.punched, upto - st.punched) {
+            Ok(()) => {
+                st.punched = upto;
+                Self::recharge(file, st);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot release staged memory"),
+        }
+    }
+
+    /// A change is about to touch bytes a streaming upload released: finish
+    /// that upload (the object becomes current) and drop the staged copy,
+    /// so the change applies to a fresh load of the object.
+    async fn settle_released(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) -> Result<()> {
+        if st.punched == 0 {
+            return Ok(());
+        }
+        self.upload_locked(nodeid, file, st).await?;
+        if st.staged.is_some() && st.punched > 0 {
+            // Not uploaded (unlinked meanwhile): nothing to keep.
+            st.staged = None;
+            st.punched = 0;
+            Self::recharge(file, st);
+            file.update(|x| x.staged = false);
+        }
+        Ok(())
+    }
+
+    /// Wait until the staged bytes leave room for `extra` more (back-pressure
+    /// on writers): release what streaming uploads already sent, then upload
+    /// the largest staged files and drop their copies. A file staged whole
+    /// that alone takes more than half the limit (random writes to a large
+    /// object) is uploaded but keeps its copy: dropping it would reload the
+    /// whole object on its next write. Returns when there is room, or when
+    /// nothing more can be freed (no streaming upload left to wait for).
+    /// Never called with a state lock held.
+    async fn make_room(&self, extra: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let half = self.budget.limit.load(Ordering::Relaxed) / 2;
+        while self.budget.over(extra) {
+            let mut files: Vec<(u64, Arc<OpenFile>)> =
+                self.lock_open().iter().map(|(id, (f, _))| (*id, f.clone())).collect();
+            files.retain(|(_, f)| f.charged.load(Ordering::Relaxed) > 0);
+            files.sort_by_key(|(_, f)| std::cmp::Reverse(f.charged.load(Ordering::Relaxed)));
+            let mut freed = false;
+            let mut streaming = false;
+            let mut failed = None;
+            for (id, f) in files {
+                if !self.budget.over(extra) {
+                    return Ok(());
+                }
+                let before = f.charged.load(Ordering::Relaxed);
+                let mut st = f.state.lock().await;
+                if st.stream.is_some() {
+                    streaming = true;
+                    Self::release_sent(&f, &mut st);
+                } else if !st.opened_empty && !f.snap().unlinked {
+                    match self.upload_locked(id, &f, &mut st).await {
+                        Ok(()) if before <= half => self.unstage(id, &f, &mut st).await,
+                        Ok(()) => {}
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                freed |= f.charged.load(Ordering::Relaxed) < before;
+            }
+            if freed {
+                continue;
+            }
+            if let Some(e) = failed {
+                // The back-end refuses uploads: do not grow memory.
+                return Err(e);
+            }
+            if !streaming || Instant::now() >= deadline {
+                tracing::debug!("staged bytes stay above dirty_limit: nothing more can be released");
+                return Ok(());
+            }
+            let wait = self.budget.freed.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(50), wait).await;
+        }
         Ok(())
     }
 
@@ -523,9 +986,11 @@ impl ObjectFs {
 
     /// While a file that started empty is written sequentially, send every
     /// complete part beyond the last one as it fills (the last part is kept
-    /// back so that files under two parts go out as one PUT). A failure only
-    /// abandons the stream: the whole file is uploaded at the durability point.
-    async fn stream_parts(&self, nodeid: u64, snap_posix: &PosixMeta, st: &mut FileState) {
+    /// back so that files under two parts go out as one PUT). The back-end
+    /// writer uploads a few parts concurrently. A failure abandons the
+    /// stream: the whole file is uploaded at the durability point, unless
+    /// parts were released already (then the failure is `lost`).
+    async fn stream_parts(&self, nodeid: u64, file: &OpenFile, snap_posix: &PosixMeta, st: &mut FileState) {
         let part = self.opts.part_size as u64;
         let Some(size) = st.staged.as_ref().map(|s| s.size()) else { return };
         let sent = st.stream.as_ref().map(|s| s.sent).unwrap_or(0);
@@ -547,24 +1012,34 @@ impl ObjectFs {
                 break;
             }
             let r = match staged.read(stream.sent, part as usize) {
-                Ok(data) => stream.writer.write(Bytes::from(data)).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(data) => stream.writer.write(Bytes::from(data)).await.map_err(Errno::from),
+                Err(e) => Err(io_err(e)),
             };
             match r {
                 Ok(()) => {
                     stream.sent += part;
-                    self.streamed.fetch_add(part, std::sync::atomic::Ordering::Relaxed);
+                    self.streamed.fetch_add(part, Ordering::Relaxed);
+                }
+                Err(e) if st.punched > 0 => {
+                    tracing::warn!(error = %e, "streamed upload failed after its parts were released");
+                    Core::drop_stream(st).await;
+                    st.lost = Some(e);
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "streaming upload abandoned; the file is uploaded whole later");
-                    Self::drop_stream(st).await;
+                    Core::drop_stream(st).await;
                     return;
                 }
             }
         }
+        if self.budget.over(0) {
+            Self::release_sent(file, st);
+        }
     }
 
-    /// Abandon a streaming upload (the staged bytes stay authoritative).
+    /// Abandon a streaming upload (the staged bytes stay authoritative;
+    /// callers settle released parts first).
     async fn drop_stream(st: &mut FileState) {
         if let Some(s) = st.stream.take() {
             let _ = s.writer.abort().await;
@@ -595,7 +1070,10 @@ impl ObjectFs {
             }
         }
         let (path, kind) = self.node(nodeid)?;
-        let meta = self.backend.lookup(&path).await?;
+        let meta = match self.listed(&path) {
+            Some(Some(m)) => m,
+            _ => self.backend.lookup(&path).await?,
+        };
         if kind_of(&meta) != kind {
             return Err(Errno::ENOENT);
         }
@@ -610,21 +1088,15 @@ impl ObjectFs {
         }
         // Writers need the object's metadata to keep it on rewrite; readers
         // through the cache need its version.
-        let (posix, version) = if (writable && self.caps.user_metadata) || self.cache.is_some() {
+        let (posix, version, object_size) = if (writable && self.caps.user_metadata) || self.cache.is_some() {
             let m = self.backend.lookup(path).await?;
             if m.kind == EntryKind::Dir {
                 return Err(Errno::EISDIR);
             }
-            let version: Version = match &m.etag {
-                Some(e) => e.as_str().into(),
-                None => {
-                    let t = m.mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
-                    format!("{}:{}", m.size, t.as_nanos()).into()
-                }
-            };
-            (if writable { m.posix } else { PosixMeta::default() }, Some(version))
+            let version = version_of(&m);
+            (if writable { m.posix } else { PosixMeta::default() }, Some(version), Some(m.size))
         } else {
-            (PosixMeta::default(), None)
+            (PosixMeta::default(), None, None)
         };
         Ok(self.acquire(nodeid, || Snapshot {
             staged: false,
@@ -634,6 +1106,7 @@ impl ObjectFs {
             mtime: now(),
             posix,
             version,
+            object_size,
         }))
     }
 
@@ -643,6 +1116,14 @@ impl ObjectFs {
             return Err(Errno::EFBIG);
         }
         let mut st = file.state.lock().await;
+        if size == 0 {
+            // Everything goes: released parts need no settling.
+            Core::drop_stream(&mut st).await;
+            st.punched = 0;
+            st.lost = None;
+        } else {
+            self.settle_released(nodeid, file, &mut st).await?;
+        }
         if size == 0 && st.staged.is_none() {
             st.staged = Some(Staged::new().map_err(io_err)?);
         } else {
@@ -651,11 +1132,13 @@ impl ObjectFs {
         if let Some(s) = st.staged.as_mut() {
             s.truncate(size).map_err(io_err)?;
         }
+        Self::recharge(file, &st);
+        st.dirty_since.get_or_insert_with(Instant::now);
         st.opened_empty = from_open && (st.opened_empty || !st.dirty);
         // Emptied by O_TRUNC: may stream again; any other size change may
         // rewrite what a stream already sent.
         st.sequential = from_open && size == 0;
-        Self::drop_stream(&mut st).await;
+        Core::drop_stream(&mut st).await;
         st.dirty = true;
         file.update(|x| {
             x.staged = true;
@@ -748,6 +1231,7 @@ impl ObjectFs {
         self.backend.write(path, Bytes::copy_from_slice(data), &posix).await?;
         let meta = Meta { kind: EntryKind::File, size: data.len() as u64, mtime: Some(now()), etag: None, posix };
         let kind = kind_of(&meta);
+        self.forget_listing(path);
         let id = self.inodes.lookup(path, kind);
         Ok(self.entry(id, self.attr_from_meta(id, &meta)))
     }
@@ -784,10 +1268,8 @@ impl ObjectFs {
             let n = match cached {
                 Some(n) => n,
                 None => {
-                    let data = self.backend.read(path, boff, bs).await?;
-                    if let Err(e) = cache.insert(nodeid, boff, &data, version.clone()) {
-                        tracing::debug!(error = %e, "block not cached");
-                    }
+                    let data =
+                        fetch_block(&self.backend, cache, &self.inflight, nodeid, path, boff, version.clone()).await?;
                     let n = data.len().saturating_sub(at).min(want);
                     out[start..start + n].copy_from_slice(&data[at..at + n]);
                     n
@@ -802,14 +1284,149 @@ impl ObjectFs {
         Ok(out)
     }
 
+    /// Sequential detection for one handle: a read that starts within a
+    /// block of where the previous one ended continues a run; from the
+    /// second read of a run the window doubles (from two blocks up to
+    /// `readahead_max`) and the blocks up to `end + window` (not past the
+    /// object's size) are fetched in parallel, each its own ranged GET, into
+    /// the cache. Any other read ends the run: random reads fetch only what
+    /// they read.
+    #[allow(clippy::too_many_arguments)]
+    fn readahead(
+        &self,
+        h: &FileHandle,
+        cache: &BlockCache,
+        path: &str,
+        version: &Version,
+        offset: u64,
+        size: u64,
+        object_size: Option<u64>,
+    ) {
+        let bs = cache.block_size() as u64;
+        let end = offset.saturating_add(size);
+        let (from, to) = {
+            let mut ra = h.ra.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = if ra.last_end == 0 { offset == 0 } else { offset.abs_diff(ra.last_end) <= bs };
+            ra.last_end = end;
+            if !seq {
+                *ra = ReadAhead { last_end: end, ..ReadAhead::default() };
+                return;
+            }
+            ra.streak = ra.streak.saturating_add(1);
+            if ra.streak < 2 {
+                return;
+            }
+            // Never more than a quarter of the pool: blocks read ahead must
+            // not evict each other before they are read.
+            let pool = cache.pool().memory_limit() as u64 / 4;
+            let max = (self.opts.readahead_max as u64).min(pool).max(bs);
+            ra.window = if ra.window == 0 { (2 * bs).min(max) } else { ra.window.saturating_mul(2).min(max) };
+            let to = end.saturating_add(ra.window).min(object_size.unwrap_or(u64::MAX));
+            let from = ra.issued.max(end - end % bs);
+            ra.issued = ra.issued.max(to);
+            (from, to)
+        };
+        let mut b = from - from % bs;
+        while b < to {
+            if !cache.contains(h.nodeid, b, version) {
+                spawn_fetch(&self.backend, cache, &self.inflight, h.nodeid, path, b, version.clone());
+            }
+            b += bs;
+        }
+    }
+
+    /// A fresh cached listing of `dir`, if any.
+    fn cached_listing(&self, dir: &str) -> Option<Arc<Vec<Listed>>> {
+        let ttl = self.opts.dir_cache_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        let g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(dir).filter(|(at, _)| at.elapsed() < ttl).map(|(_, l)| l.clone())
+    }
+
+    /// The listing of `dir`: cached (within `dir_cache_ttl`) or fetched.
+    async fn listing(&self, dir: &str) -> Result<Arc<Vec<Listed>>> {
+        if let Some(l) = self.cached_listing(dir) {
+            return Ok(l);
+        }
+        let l = Arc::new(self.list_dir(dir).await?);
+        let ttl = self.opts.dir_cache_ttl;
+        if !ttl.is_zero() {
+            let mut g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            if g.len() >= MAX_LISTINGS {
+                g.retain(|_, (at, _)| at.elapsed() < ttl);
+                if g.len() >= MAX_LISTINGS {
+                    g.clear();
+                }
+            }
+            g.insert(dir.to_string(), (Instant::now(), l.clone()));
+        }
+        Ok(l)
+    }
+
+    /// What a fresh cached listing says about `path`: `Some(Some(meta))`
+    /// listed, `Some(None)` not there, `None` no usable listing (none
+    /// cached, or its attributes lack POSIX metadata and `listing_attrs` is
+    /// off).
+    fn listed(&self, path: &str) -> Option<Option<Meta>> {
+        if path.is_empty() || !(self.caps.listing_has_posix || self.opts.listing_attrs) {
+            return None;
+        }
+        let l = self.cached_listing(parent_of(path))?;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        match l.iter().find(|e| e.name == name) {
+            Some(e) => e.meta.clone().map(Some),
+            None => Some(None),
+        }
+    }
+
+    /// `path` (or something below it) changed here: cached listings of its
+    /// parent, itself and below are dropped.
+    fn forget_listing(&self, path: &str) {
+        if self.opts.dir_cache_ttl.is_zero() {
+            return;
+        }
+        let mut g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        g.remove(parent_of(path));
+        let prefix = format!("{path}/");
+        g.retain(|k, _| k != path && !(path.is_empty() || k.starts_with(&prefix)));
+    }
+
+    /// One round of the periodic flusher: upload files dirty for at least
+    /// `age` (not those streaming, whose parts are already going out, nor
+    /// those whose only change is the emptying of CREATE/O_TRUNC). A failure
+    /// keeps the file dirty; its next FSYNC/FLUSH/RELEASE tries again and
+    /// reports the outcome.
+    async fn flush_old(&self, age: Duration) {
+        let files: Vec<(u64, Arc<OpenFile>)> = self.lock_open().iter().map(|(id, (f, _))| (*id, f.clone())).collect();
+        for (id, f) in files {
+            let mut st = f.state.lock().await;
+            let old = st.dirty_since.is_some_and(|t| t.elapsed() >= age);
+            if !st.dirty || !old || st.opened_empty || st.stream.is_some() || st.lost.is_some() {
+                continue;
+            }
+            match self.upload_locked(id, &f, &mut st).await {
+                Ok(()) => {
+                    self.flushed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(node = id, error = %e, "write-back upload failed; the file stays dirty");
+                    st.dirty_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
     /// The file at `path` is about to lose its name (unlink, or a rename over
     /// it): if it is open, its handles keep a private staged copy.
     async fn detach_open(&self, path: &str) -> Result<()> {
         if let Some(id) = self.inodes.id_of(path) {
             if let Some(f) = self.open_file(id) {
                 let mut st = f.state.lock().await;
+                self.settle_released(id, &f, &mut st).await?;
                 self.ensure_staged(id, &f, &mut st).await?;
-                Self::drop_stream(&mut st).await;
+                Core::drop_stream(&mut st).await;
                 st.dirty = false;
                 f.update(|x| x.unlinked = true);
             }
@@ -883,7 +1500,13 @@ impl Filesystem for ObjectFs {
 
     async fn lookup(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<Entry> {
         let path = self.dir_child(parent, name)?;
-        let meta = match self.stat_path(&path).await {
+        let found = match self.listed(&path) {
+            _ if self.local_new_file(&path).is_some() => self.stat_path(&path).await,
+            Some(Some(m)) => Ok(m),
+            Some(None) => Err(Errno::ENOENT),
+            None => self.stat_path(&path).await,
+        };
+        let meta = match found {
             Ok(m) => m,
             Err(Errno::ENOENT) if !self.opts.negative_timeout.is_zero() => {
                 // A negative entry (node id 0): the kernel caches the miss.
@@ -999,6 +1622,7 @@ impl Filesystem for ObjectFs {
                         Err(e) if shown && e.kind == ErrorKind::Unsupported => {}
                         r => r?,
                     }
+                    self.forget_listing(&path);
                     // An open handle's next upload must carry the new metadata.
                     if let Some(f) = self.open_file(nodeid) {
                         f.update(|x| x.posix = p.clone());
@@ -1020,6 +1644,7 @@ impl Filesystem for ObjectFs {
         // SEMANTICS.md); showing it now keeps `mkdir -m` from failing.
         let posix = self.new_posix(ctx, libc::S_IFDIR | (mode & 0o7777));
         self.backend.create_dir_with(&path, &posix).await?;
+        self.forget_listing(&path);
         let id = self.inodes.lookup(&path, Kind::Dir);
         Ok(self.entry(id, self.attr(id, Kind::Dir, 0, Some(now()), &posix)))
     }
@@ -1032,10 +1657,11 @@ impl Filesystem for ObjectFs {
                 // A RELEASE may have uploaded it while we waited for the lock:
                 // then it is deleted from the back-end below.
                 if !f.snap().in_backend {
-                    Self::drop_stream(&mut st).await;
+                    Core::drop_stream(&mut st).await;
                     st.dirty = false;
                     f.update(|x| x.unlinked = true);
                     drop(st);
+                    self.forget_listing(&path);
                     self.inodes.unlink(&path);
                     return Ok(());
                 }
@@ -1050,6 +1676,7 @@ impl Filesystem for ObjectFs {
         if let Some(id) = self.inodes.id_of(&path) {
             self.forget_cached(id);
         }
+        self.forget_listing(&path);
         self.inodes.unlink(&path);
         Ok(())
     }
@@ -1070,6 +1697,7 @@ impl Filesystem for ObjectFs {
             }
         }
         self.backend.remove_dir(&path).await?;
+        self.forget_listing(&path);
         self.inodes.unlink(&path);
         Ok(())
     }
@@ -1118,6 +1746,8 @@ impl Filesystem for ObjectFs {
             }
             EntryKind::Dir => self.rename_dir(&from, &to).await?,
         }
+        self.forget_listing(&from);
+        self.forget_listing(&to);
         self.inodes.rename(&from, &to);
         Ok(())
     }
@@ -1139,7 +1769,7 @@ impl Filesystem for ObjectFs {
                 return Err(e);
             }
         }
-        let fh = self.files.insert(FileHandle { nodeid, file, writable });
+        let fh = self.files.insert(FileHandle { nodeid, file, writable, ra: Mutex::default() });
         Ok((fh, 0))
     }
 
@@ -1173,9 +1803,18 @@ impl Filesystem for ObjectFs {
             };
         }
         let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
+        self.forget_listing(&path);
         let id = self.inodes.lookup(&path, Kind::File);
-        let snap =
-            Snapshot { staged: true, in_backend: false, unlinked: false, size: 0, mtime: now(), posix, version: None };
+        let snap = Snapshot {
+            staged: true,
+            in_backend: false,
+            unlinked: false,
+            size: 0,
+            mtime: now(),
+            posix,
+            version: None,
+            object_size: None,
+        };
         let file = self.acquire(id, || snap.clone());
         {
             let mut st = file.state.lock().await;
@@ -1193,7 +1832,7 @@ impl Filesystem for ObjectFs {
             st.sequential = true;
         }
         let writable = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
-        let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable });
+        let fh = self.files.insert(FileHandle { nodeid: id, file: file.clone(), writable, ra: Mutex::default() });
         Ok((self.entry(id, self.attr_from_snap(id, &file.snap())), fh, 0))
     }
 
@@ -1203,13 +1842,22 @@ impl Filesystem for ObjectFs {
             return Ok(Vec::new());
         }
         if h.file.snap().staged {
-            let st = h.file.state.lock().await;
+            let mut st = h.file.state.lock().await;
+            if st.punched > offset {
+                // Those bytes went out with a streaming upload: complete it
+                // and read the object.
+                self.settle_released(nodeid, &h.file, &mut st).await?;
+            }
             if let Some(s) = st.staged.as_ref() {
                 return s.read(offset, size as usize).map_err(io_err);
             }
         }
         let (path, _, _) = self.inodes.get_any(nodeid).ok_or(Errno::ENOENT)?;
-        if let (Some(cache), Some(version)) = (&self.cache, h.file.snap().version) {
+        let snap = h.file.snap();
+        if let (Some(cache), Some(version)) = (&self.cache, snap.version) {
+            if self.opts.readahead_max > 0 {
+                self.readahead(&h, cache, &path, &version, offset, size as u64, snap.object_size);
+            }
             return self.read_cached(cache, nodeid, &path, &version, offset, size as u64).await;
         }
         Ok(self.backend.read(&path, offset, size as u64).await?.to_vec())
@@ -1224,8 +1872,20 @@ impl Filesystem for ObjectFs {
         if end > self.opts.max_file_size {
             return Err(Errno::EFBIG);
         }
+        if self.opts.write_back {
+            self.start_flusher();
+        }
+        // Back-pressure: room for this write's bytes before it is staged.
+        self.make_room(data.len() as u64).await?;
         {
             let mut st = h.file.state.lock().await;
+            if let Some(e) = st.lost {
+                return Err(e);
+            }
+            let size = st.staged.as_ref().map(|s| s.size());
+            if st.punched > 0 && size != Some(offset) && !data.is_empty() {
+                self.settle_released(nodeid, &h.file, &mut st).await?;
+            }
             self.ensure_staged(nodeid, &h.file, &mut st).await?;
             let Some(s) = st.staged.as_mut() else { return Err(Errno::EIO) };
             let appends = offset == s.size();
@@ -1233,8 +1893,9 @@ impl Filesystem for ObjectFs {
             let size = s.size();
             if !appends && !data.is_empty() {
                 st.sequential = false;
-                Self::drop_stream(&mut st).await;
+                Core::drop_stream(&mut st).await;
             }
+            st.dirty_since.get_or_insert_with(Instant::now);
             st.dirty = true;
             st.opened_empty = false;
             h.file.update(|x| {
@@ -1245,7 +1906,8 @@ impl Filesystem for ObjectFs {
                 }
             });
             let posix = h.file.snap().posix;
-            self.stream_parts(nodeid, &posix, &mut st).await;
+            self.stream_parts(nodeid, &h.file, &posix, &mut st).await;
+            Core::recharge(&h.file, &st);
         }
         if flags as i32 & libc::O_DSYNC != 0 {
             self.upload(nodeid, &h.file).await?;
@@ -1298,7 +1960,7 @@ impl Filesystem for ObjectFs {
         let list = match cached {
             Some(l) => l,
             None => {
-                let l = Arc::new(self.list_dir(&path).await?);
+                let l = self.listing(&path).await?;
                 *h.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
                 l
             }
@@ -1325,7 +1987,7 @@ impl Filesystem for ObjectFs {
             // A listing without POSIX metadata (S3) cannot tell a symlink or
             // a FIFO from a regular file: say "unknown" and let the kernel
             // LOOKUP it, rather than hand out an inode of the wrong type.
-            let typed = i < 2 || kind == Kind::Dir || self.caps.listing_has_posix;
+            let typed = i < 2 || kind == Kind::Dir || self.caps.listing_has_posix || self.opts.listing_attrs;
             let typ = if typed { kind.dirent_type() } else { libc::DT_UNKNOWN as u32 };
             let mut e = DirEntry { ino: u64::MAX, offset: i + 1, typ, name: name.into_bytes(), entry: None };
             if i < 2 {
@@ -1341,7 +2003,7 @@ impl Filesystem for ObjectFs {
                     };
                     e.ino = id;
                     let mut en = self.entry(id, attr);
-                    if !self.caps.listing_has_posix {
+                    if !self.caps.listing_has_posix && !self.opts.listing_attrs {
                         // A directory's mode/owner are not in the listing:
                         // let the kernel ask (GETATTR) before trusting them.
                         en.attr_valid = Duration::ZERO;
@@ -1436,3 +2098,7 @@ impl Filesystem for ObjectFs {
         Ok(entry)
     }
 }
+
+#[cfg(test)]
+#[path = "object_tests.rs"]
+mod tests;

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{io_err, ObjectFs, OpenFile};
+use super::{io_err, Core, ObjectFs, OpenFile};
 use crate::fuse::abi;
 use crate::fuse::dax::DaxSource;
 use crate::fuse::filesystem::Result;
@@ -51,10 +51,13 @@ impl DaxState {
 impl ObjectFs {
     /// Which files get FUSE_ATTR_DAX under `-o dax=inode`.
     pub fn with_dax_policy(mut self, policy: DaxPolicy) -> Self {
-        self.dax.policy = policy;
+        let core = std::sync::Arc::get_mut(&mut self.core).expect("with_dax_policy before the file system is shared");
+        core.dax.policy = policy;
         self
     }
+}
 
+impl Core {
     /// Live DAX mappings of a node (tests, metrics).
     pub fn dax_mappings(&self, nodeid: u64) -> usize {
         self.dax.lock().get(&nodeid).map(|p| p.mappings).unwrap_or(0)
@@ -88,7 +91,12 @@ impl ObjectFs {
         };
         let pinned = {
             let mut st = file.state.lock().await;
-            let r = match self.ensure_staged(nodeid, &file, &mut st).await {
+            // Parts a streaming upload already released must come back first.
+            let r = match self.settle_released(nodeid, &file, &mut st).await {
+                Ok(()) => self.ensure_staged(nodeid, &file, &mut st).await,
+                Err(e) => Err(e),
+            };
+            let r = match r {
                 Err(e) => Err(e),
                 Ok(()) => match st.staged.as_mut() {
                     None => Err(Errno::EIO),

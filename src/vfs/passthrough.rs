@@ -699,6 +699,12 @@ impl PassthroughFs {
     }
 }
 
+impl super::mounts::MountHost for PassthroughFs {
+    fn node_key(&self, nodeid: u64) -> Option<(u64, u64)> {
+        self.lock_nodes().by_id.get(&nodeid).map(|(n, _)| n.key)
+    }
+}
+
 impl Filesystem for PassthroughFs {
     /// DAX maps the host file itself: the guest shares the host page cache,
     /// so READ/WRITE and FSYNC (which writes back every dirty page of the

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 
 /// The bytes of one file, held in a memfd.
@@ -135,6 +135,32 @@ impl Staged {
         Ok(())
     }
 
+    /// Bytes of memory the memfd holds (its allocated pages).
+    pub fn resident(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(self.size)
+    }
+
+    /// Give back the memory of `[off, off + len)` (the bytes read as zeros
+    /// afterwards; the size does not change). Used for parts of a streamed
+    /// upload that the back-end already has.
+    pub fn punch(&mut self, off: u64, len: u64) -> io::Result<()> {
+        let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        if l == 0 {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, o, l)
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Set the size (zero-filling when growing).
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         if self.pins == 0 {
@@ -199,5 +225,18 @@ mod tests {
         assert_eq!(s.read(0, 4).unwrap(), b"dax!");
         s.unpin().unwrap();
         assert_eq!(f.metadata().unwrap().len(), 50_001, "back to the file size after the last unpin");
+    }
+
+    #[test]
+    fn punch_frees_pages_and_keeps_size() {
+        let mut s = Staged::new().unwrap();
+        s.write(0, &vec![7u8; 1 << 20]).unwrap();
+        let blocks = |s: &Staged| s.resident();
+        assert!(blocks(&s) >= 1 << 20);
+        s.punch(0, 1 << 19).unwrap();
+        assert_eq!(s.size(), 1 << 20);
+        assert!(blocks(&s) <= (1 << 19) + 8192, "pages not freed: {}", blocks(&s));
+        assert_eq!(s.read(0, 4).unwrap(), vec![0; 4]);
+        assert_eq!(s.read(1 << 19, 4).unwrap(), vec![7; 4]);
     }
 }
