@@ -68,6 +68,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub num_request_queues: Option<usize>,
 
+    /// DAX window size (e.g. 64M; a power of two from 2 MiB to 1 TiB): offer the guest a
+    /// shared-memory window it maps file ranges into (overrides
+    /// [socket_settings] dax_window). See docs/DAX.md.
+    #[arg(long, value_name = "SIZE", value_parser = parse_dax_window)]
+    pub dax_window: Option<u64>,
+
     /// Keep serving the next VMM connection after one disconnects
     /// (by default the daemon exits, like virtiofsd).
     #[arg(long)]
@@ -432,7 +438,7 @@ pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(Objec
         ..Default::default()
     }
     .with_cache_settings(c);
-    let mut fs = ObjectFs::new(backend.clone(), opts);
+    let mut fs = ObjectFs::new(backend.clone(), opts).with_dax_policy(cfg.socket_settings.dax_policy.clone());
     if c.enabled_cache {
         let pool =
             Pool::with_limit(c.memory_limit).map_err(|e| format!("cache: cannot create the memory pool: {e}"))?;
@@ -559,12 +565,32 @@ pub fn build_passthrough(
         xattr: c.xattr,
         announce_submounts: c.announce_submounts && !c.no_announce_submounts,
     };
-    let fs = PassthroughFs::new(dir, opts).map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?;
+    let fs = PassthroughFs::new(dir, opts)
+        .map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?
+        .with_dax_policy(cfg.socket_settings.dax_policy.clone());
     let mounts = kata_mounts(c, cfg, rt);
     if mounts.is_empty() {
         return Ok(Arc::new(Server::new(fs, ServerOptions::default())));
     }
     Ok(Arc::new(Server::new(MountFs::new(fs, mounts), ServerOptions::default())))
+}
+
+/// `--dax-window SIZE`: bytes, or with a K/M/G (KiB/MiB/GiB) suffix.
+fn parse_dax_window(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (e.g. 64M)"))?;
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {s:?} (e.g. 64M)")),
+    };
+    let n = num.checked_mul(mul).ok_or_else(|| format!("size {s:?} too large"))?;
+    vhost_user::check_dax_window(n).map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -738,6 +764,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         tag: cli.tag.clone().or_else(|| cfg.socket_settings.tag.clone()),
         num_request_queues: cli.num_request_queues.or(cfg.socket_settings.num_request_queues).unwrap_or(1),
         keep_serving: cli.keep_serving,
+        dax_window: cli.dax_window.or(cfg.socket_settings.dax_window),
         ..VhostUserOptions::default()
     };
     match vhost_user::serve(listen, handler, opts, rt.handle().clone()) {

@@ -51,6 +51,10 @@ pub struct SocketSettings {
     pub tag: Option<String>,
     /// Number of request queues, 1..=16.
     pub num_request_queues: Option<usize>,
+    /// DAX window size in bytes (a power of two, 2 MiB..1 TiB); `None`: no window.
+    pub dax_window: Option<u64>,
+    /// Which files get per-inode DAX (`-o dax=inode` in the guest).
+    pub dax_policy: crate::vfs::dax::DaxPolicy,
 }
 
 /// `[cache_settings]`.
@@ -476,6 +480,16 @@ fn parse_socket(t: toml::Table) -> Result<SocketSettings, ConfigError> {
                 }
                 s.num_request_queues = Some(n);
             }
+            "dax_window" => {
+                let n = get_size(S, k, v)? as u64;
+                crate::transport::vhost_user::check_dax_window(n)
+                    .map_err(|e| ConfigError::new(format!("{S}.{k}: {e}")))?;
+                s.dax_window = Some(n);
+            }
+            "dax_policy" => {
+                s.dax_policy = crate::vfs::dax::DaxPolicy::parse(&get_string(S, k, v)?)
+                    .map_err(|e| ConfigError::new(format!("{S}.{k}: {e}")))?;
+            }
             _ => return Err(unknown_key(S, k)),
         }
     }
@@ -741,6 +755,18 @@ secret_access_key = "adminsecret"
         assert!(e.contains("num_request_queues"), "{e}");
         let e = err(&format!("[socket_settings]\ntag = \"{}\"\n", "x".repeat(37)));
         assert!(e.contains("socket_settings.tag"), "{e}");
+    }
+
+    #[test]
+    fn dax_settings() {
+        let cfg = Config::parse("[socket_settings]\ndax_window = \"64MiB\"\ndax_policy = \"size>=1M\"\n").unwrap();
+        assert_eq!(cfg.socket_settings.dax_window, Some(64 << 20));
+        assert_eq!(cfg.socket_settings.dax_policy, crate::vfs::dax::DaxPolicy::MinSize(1 << 20));
+        assert_eq!(Config::parse("").unwrap().socket_settings.dax_window, None);
+        let e = err("[socket_settings]\ndax_window = \"3MiB\"\n");
+        assert!(e.contains("socket_settings.dax_window"), "{e}");
+        let e = err("[socket_settings]\ndax_policy = \"maybe\"\n");
+        assert!(e.contains("socket_settings.dax_policy"), "{e}");
     }
 
     #[test]

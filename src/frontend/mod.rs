@@ -21,11 +21,13 @@
 //! FUSE helpers ([`Frontend::init`], [`Frontend::fuse`]) encode with
 //! `crate::fuse::client`; `crate::fuse` knows nothing of this module.
 //!
-//! Not built yet: a DAX harness (BACKEND_REQ + SHMEM protocol features, a
-//! `VhostUserFrontendReqHandler` mapping SHMEM_MAP fds into a reserved window
-//! sized by GET_SHMEM_CONFIG). It fits as one more optional step in
-//! [`Frontend::connect`] between SET_MEM_TABLE and the vring setup.
+//! DAX ([`FrontendOptions::dax`]): when the daemon offers SHMEM, the
+//! front-end acks BACKEND_REQ + BACKEND_SEND_FD + SHMEM, reserves a window of
+//! the size GET_SHMEM_CONFIG gives for region 0 ([`dax::DaxWindow`]), hands the
+//! daemon a back-end request channel (SET_BACKEND_REQ_FD, replies acked) and
+//! serves its SHMEM_MAP / UNMAP requests on a thread into that window.
 
+pub mod dax;
 pub mod mem;
 pub mod workload;
 
@@ -82,6 +84,8 @@ pub struct FrontendOptions {
     pub event_idx: bool,
     /// How long [`Frontend::wait`] waits for a completion before `TimedOut`.
     pub timeout: Duration,
+    /// Set up the DAX window when the daemon offers SHMEM (see the module docs).
+    pub dax: bool,
 }
 
 impl Default for FrontendOptions {
@@ -93,6 +97,7 @@ impl Default for FrontendOptions {
             slot_size: (1 << 20) + 4096,
             event_idx: true,
             timeout: Duration::from_secs(30),
+            dax: false,
         }
     }
 }
@@ -156,6 +161,7 @@ pub struct Frontend {
     next_unique: u64,
     copy_limit: usize,
     broken: Option<String>,
+    dax: Option<std::sync::Arc<dax::DaxWindow>>,
 }
 
 fn vu_err(what: &str) -> impl FnOnce(vhost::Error) -> io::Error + '_ {
@@ -200,8 +206,13 @@ impl Frontend {
         }
         let event_idx = opts.event_idx && offered & VIRTIO_RING_F_EVENT_IDX != 0;
         let pf = vu.get_protocol_features().map_err(vu_err("GET_PROTOCOL_FEATURES"))?;
-        let want =
+        let mut want =
             VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+        if opts.dax {
+            want |= VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD
+                | VhostUserProtocolFeatures::SHMEM;
+        }
         let acked = pf & want;
         vu.set_protocol_features(acked).map_err(vu_err("SET_PROTOCOL_FEATURES"))?;
         if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
@@ -231,6 +242,11 @@ impl Frontend {
             mmap_handle: mem.fd(),
         };
         vu.set_mem_table(&[region]).map_err(vu_err("SET_MEM_TABLE"))?;
+        let dax = if acked.contains(VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ) {
+            Some(Self::setup_dax(&mut vu)?)
+        } else {
+            None
+        };
 
         let mut queues = Vec::with_capacity(nq);
         for q in 0..nq {
@@ -281,7 +297,42 @@ impl Frontend {
             next_unique: 2,
             copy_limit: usize::MAX,
             broken: None,
+            dax,
         })
+    }
+
+    /// GET_SHMEM_CONFIG, reserve region 0, SET_BACKEND_REQ_FD, and a thread
+    /// serving the daemon's SHMEM_MAP / UNMAP requests until it disconnects.
+    fn setup_dax(vu: &mut VuFrontend) -> io::Result<std::sync::Arc<dax::DaxWindow>> {
+        use vhost::vhost_user::FrontendReqHandler;
+        let cfg = vu.get_shmem_config().map_err(vu_err("GET_SHMEM_CONFIG"))?;
+        let (n, sizes) = (cfg.nregions, cfg.memory_sizes);
+        if n == 0 || sizes[0] == 0 {
+            return Err(io::Error::other("daemon offers SHMEM but no region 0"));
+        }
+        let win = std::sync::Arc::new(dax::DaxWindow::new(sizes[0])?);
+        let mut handler =
+            FrontendReqHandler::new(win.clone()).map_err(|e| io::Error::other(format!("back-end channel: {e}")))?;
+        // Without this the daemon waits forever for the ack of its map request.
+        handler.set_reply_ack_flag(true);
+        struct Raw(i32);
+        impl AsRawFd for Raw {
+            fn as_raw_fd(&self) -> i32 {
+                self.0
+            }
+        }
+        vu.set_backend_request_fd(&Raw(handler.get_tx_raw_fd())).map_err(vu_err("SET_BACKEND_REQ_FD"))?;
+        std::thread::Builder::new().name("frontend-dax".into()).spawn(move || {
+            // Ends when the daemon closes its end of the channel.
+            while handler.handle_request().is_ok() {}
+        })?;
+        Ok(win)
+    }
+
+    /// The DAX window, when [`FrontendOptions::dax`] was asked and the daemon
+    /// offers one.
+    pub fn dax_window(&self) -> Option<&dax::DaxWindow> {
+        self.dax.as_deref()
     }
 
     /// The options the front-end runs with.

@@ -99,6 +99,21 @@ pub fn release(unique: u64, nodeid: u64, fh: u64) -> Vec<u8> {
     request(Opcode::Release, unique, nodeid, &[abi::fuse_release_in { fh, ..Default::default() }.as_bytes()])
 }
 
+/// FUSE_SETUPMAPPING as fs/fuse/dax.c sends it (`fh` is always u64::MAX).
+pub fn setupmapping(unique: u64, nodeid: u64, foffset: u64, len: u64, flags: u64, moffset: u64) -> Vec<u8> {
+    let m = abi::fuse_setupmapping_in { fh: u64::MAX, foffset, len, flags, moffset };
+    request(Opcode::SetupMapping, unique, nodeid, &[m.as_bytes()])
+}
+
+/// FUSE_REMOVEMAPPING of `(moffset, len)` ranges; `count` is what the header claims.
+pub fn removemapping(unique: u64, count: u32, ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut body = abi::fuse_removemapping_in { count }.as_bytes().to_vec();
+    for &(moffset, len) in ranges {
+        body.extend_from_slice(abi::fuse_removemapping_one { moffset, len }.as_bytes());
+    }
+    request(Opcode::RemoveMapping, unique, 0, &[&body])
+}
+
 pub fn forget(unique: u64, nodeid: u64, nlookup: u64) -> Vec<u8> {
     request(Opcode::Forget, unique, nodeid, &[abi::fuse_forget_in { nlookup }.as_bytes()])
 }

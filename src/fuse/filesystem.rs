@@ -48,6 +48,7 @@ impl Errno {
     pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const ELOOP: Errno = Errno(libc::ELOOP);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
 }
 
 impl std::fmt::Display for Errno {
@@ -292,6 +293,42 @@ pub trait Filesystem: Send + Sync + 'static {
         offset: u64,
         whence: u32,
     ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// DAX (FUSE_SETUPMAPPING): `len` bytes of the file at `foffset`, as a
+    /// mappable fd range, pinned until the matching [`Filesystem::dax_unmap`]:
+    /// the fd stays at least that long and holds the same bytes READ and WRITE
+    /// see. `writable` asks for a mapping the guest writes through (it counts
+    /// as dirty until unmapped). The ranges asked for may reach past EOF.
+    fn dax_map(
+        &self,
+        nodeid: u64,
+        foffset: u64,
+        len: u64,
+        writable: bool,
+    ) -> impl Future<Output = Result<super::dax::DaxSource>> + Send {
+        let _ = (nodeid, foffset, len, writable);
+        async { Err(Errno::ENOSYS) }
+    }
+
+    /// DAX: a range given out by `dax_map` is no longer mapped: release its pin
+    /// and, when it was `writable`, write what the guest wrote back.
+    fn dax_unmap(
+        &self,
+        nodeid: u64,
+        foffset: u64,
+        len: u64,
+        writable: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (nodeid, foffset, len, writable);
+        async { Ok(()) }
+    }
+
+    /// DAX per inode (`-o dax=inode`): should the guest use DAX for this node?
+    /// Sets FUSE_ATTR_DAX in its attributes.
+    fn dax_wanted(&self, nodeid: u64, attr: &abi::fuse_attr) -> bool {
+        let _ = (nodeid, attr);
+        false
+    }
 
     unsupported! {
         readlink(nodeid: u64) -> Vec<u8>;

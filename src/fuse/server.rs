@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 
 use super::abi::{self, Opcode, Pod};
+use super::dax::{Dax, DaxMapper};
 use super::filesystem::{Ctx, Errno, Filesystem, SetAttr, TimeSpec};
 use super::reply;
 use super::request::Reader;
@@ -54,6 +55,8 @@ pub struct Server<F> {
     negotiated: AtomicU64,
     /// In-flight cancellable requests by `unique`.
     inflight: Mutex<HashMap<u64, AbortHandle>>,
+    /// DAX window, when the transport has one ([`Server::enable_dax`]).
+    dax: OnceLock<Dax>,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -64,6 +67,32 @@ impl<F: Filesystem> Server<F> {
             initialized: AtomicBool::new(false),
             negotiated: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            dax: OnceLock::new(),
+        }
+    }
+
+    /// Serve FUSE_SETUPMAPPING / FUSE_REMOVEMAPPING through `mapper` (the
+    /// transport's DAX window). Only the first call counts.
+    pub fn enable_dax(&self, mapper: Arc<dyn DaxMapper>) {
+        let len = mapper.window_len();
+        if self.dax.set(Dax::new(mapper)).is_ok() {
+            tracing::info!(window = len, "DAX window enabled");
+        }
+    }
+
+    /// The DAX state, when enabled (tests, metrics).
+    pub fn dax(&self) -> Option<&Dax> {
+        self.dax.get()
+    }
+
+    /// Set FUSE_ATTR_DAX when per-inode DAX was agreed and the file system wants it.
+    fn mark_dax(&self, nodeid: u64, attr: &mut abi::fuse_attr) {
+        if self.dax.get().is_some()
+            && self.negotiated.load(Ordering::Acquire) & abi::FUSE_HAS_INODE_DAX != 0
+            && attr.mode & libc::S_IFMT == libc::S_IFREG
+            && self.fs.dax_wanted(nodeid, attr)
+        {
+            attr.flags |= abi::FUSE_ATTR_DAX;
         }
     }
 
@@ -139,8 +168,12 @@ impl<F: Filesystem> Server<F> {
         let fs = &self.fs;
         let u = ctx.unique;
         let mut r = Reader::new(body);
-        let entry = |e: super::Entry| Some(reply::ok(u, &e.to_abi()));
-        let attr = |(a, valid): (abi::fuse_attr, Duration)| {
+        let entry = |mut e: super::Entry| {
+            self.mark_dax(e.nodeid, &mut e.attr);
+            Some(reply::ok(u, &e.to_abi()))
+        };
+        let attr = |(mut a, valid): (abi::fuse_attr, Duration)| {
+            self.mark_dax(nodeid, &mut a);
             Some(reply::ok(
                 u,
                 &abi::fuse_attr_out {
@@ -155,8 +188,16 @@ impl<F: Filesystem> Server<F> {
             |(fh, flags): (u64, u32)| Some(reply::ok(u, &abi::fuse_open_out { fh, open_flags: flags, backing_id: 0 }));
         let empty = |()| Some(reply::empty(u));
         Ok(match op {
-            Opcode::Init => Some(self.init(u, &mut r)?),
+            Opcode::Init => {
+                if let Some(dax) = self.dax.get() {
+                    dax.forget_stale(fs).await;
+                }
+                Some(self.init(u, &mut r)?)
+            }
             Opcode::Destroy => {
+                if let Some(dax) = self.dax.get() {
+                    dax.clear(fs).await;
+                }
                 self.fs.destroy();
                 self.initialized.store(false, Ordering::Release);
                 Some(reply::empty(u))
@@ -227,7 +268,8 @@ impl<F: Filesystem> Server<F> {
             Opcode::Create => {
                 let c: abi::fuse_create_in = r.read()?;
                 let name = r.name()?;
-                let (e, fh, flags) = fs.create(ctx, nodeid, name, c.mode, c.flags, c.umask).await?;
+                let (mut e, fh, flags) = fs.create(ctx, nodeid, name, c.mode, c.flags, c.umask).await?;
+                self.mark_dax(e.nodeid, &mut e.attr);
                 let o = abi::fuse_open_out { fh, open_flags: flags, backing_id: 0 };
                 Some(reply::ok_parts(u, &[e.to_abi().as_bytes(), o.as_bytes()]))
             }
@@ -271,7 +313,10 @@ impl<F: Filesystem> Server<F> {
                 let a: abi::fuse_read_in = r.read()?;
                 let plus = op == Opcode::Readdirplus;
                 let max = a.size.min(self.opts.max_write) as usize;
-                let entries = fs.readdir(ctx, nodeid, a.fh, a.offset, max as u32, plus).await?;
+                let mut entries = fs.readdir(ctx, nodeid, a.fh, a.offset, max as u32, plus).await?;
+                for en in entries.iter_mut().filter_map(|e| e.entry.as_mut()) {
+                    self.mark_dax(en.nodeid, &mut en.attr);
+                }
                 let mut buf = Vec::with_capacity(max.min(64 << 10));
                 let mut full = false;
                 for e in &entries {
@@ -344,6 +389,24 @@ impl<F: Filesystem> Server<F> {
                 empty(fs.fallocate(ctx, nodeid, a.fh, a.offset, a.length, a.mode).await?)
             }
             Opcode::Syncfs => empty(fs.syncfs(ctx, nodeid).await?),
+            Opcode::SetupMapping => {
+                let dax = self.dax.get().ok_or(Errno::ENOSYS)?;
+                let a: abi::fuse_setupmapping_in = r.read()?;
+                empty(dax.setup(fs, nodeid, &a).await?)
+            }
+            Opcode::RemoveMapping => {
+                let dax = self.dax.get().ok_or(Errno::ENOSYS)?;
+                let a: abi::fuse_removemapping_in = r.read()?;
+                let count = a.count as usize;
+                if count > abi::FUSE_REMOVEMAPPING_MAX_ENTRY {
+                    return Err(Errno::EINVAL);
+                }
+                let mut ranges = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ranges.push(r.read::<abi::fuse_removemapping_one>()?);
+                }
+                empty(dax.remove(fs, &ranges).await?)
+            }
             // Locks are left to the kernel (POSIX_LOCKS/FLOCK_LOCKS are not
             // offered); the rest is not served.
             Opcode::Getlk
@@ -353,8 +416,6 @@ impl<F: Filesystem> Server<F> {
             | Opcode::Ioctl
             | Opcode::Poll
             | Opcode::CopyFileRange
-            | Opcode::SetupMapping
-            | Opcode::RemoveMapping
             | Opcode::Statx => return Err(Errno::ENOSYS),
             Opcode::Tmpfile => return Err(Errno::ENOTSUP),
             // A reply to a notification we never sent.
@@ -381,7 +442,11 @@ impl<F: Filesystem> Server<F> {
         if kernel & abi::FUSE_INIT_EXT != 0 {
             kernel |= (i.flags2 as u64) << 32;
         }
-        let want = BASE_FLAGS | self.fs.init(kernel).want;
+        let dax = self.dax.get().is_some();
+        let mut want = BASE_FLAGS | self.fs.init(kernel).want;
+        if dax {
+            want |= abi::FUSE_MAP_ALIGNMENT | abi::FUSE_HAS_INODE_DAX;
+        }
         let flags = kernel & want;
         let max_pages = (self.opts.max_write / 4096).clamp(1, u16::MAX as u32) as u16;
         let out = abi::fuse_init_out {
@@ -395,6 +460,8 @@ impl<F: Filesystem> Server<F> {
             time_gran: 1,
             max_pages,
             flags2: (flags >> 32) as u32,
+            // log2 of the alignment of SETUPMAPPING offsets (kernel: <= 21).
+            map_alignment: if dax && flags & abi::FUSE_MAP_ALIGNMENT != 0 { super::dax::MAP_ALIGNMENT_LOG2 } else { 0 },
             ..Default::default()
         };
         self.negotiated.store(flags, Ordering::Release);
@@ -442,5 +509,10 @@ fn xattr_reply(unique: u64, size: u32, value: Vec<u8>) -> Result<Vec<u8>, Errno>
 impl<F: Filesystem> RequestHandler for Server<F> {
     fn handle(self: Arc<Self>, req: Vec<u8>) -> BoxFuture<'static, Option<Vec<u8>>> {
         Box::pin(async move { self.dispatch(&req).await })
+    }
+
+    fn enable_dax(&self, mapper: Arc<dyn DaxMapper>) -> bool {
+        Server::enable_dax(self, mapper);
+        true
     }
 }

@@ -399,6 +399,10 @@ impl RequestHandler for MeteredHandler {
             reply
         })
     }
+
+    fn enable_dax(&self, mapper: Arc<dyn crate::fuse::dax::DaxMapper>) -> bool {
+        self.inner.enable_dax(mapper)
+    }
 }
 
 #[cfg(test)]

@@ -20,4 +20,12 @@ pub trait RequestHandler: Send + Sync + 'static {
     /// (FORGET, BATCH_FORGET, and requests whose header could not even be read).
     /// Never panics on any input.
     fn handle(self: Arc<Self>, req: Vec<u8>) -> BoxFuture<'static, Option<Vec<u8>>>;
+
+    /// The transport has a DAX window: serve FUSE_SETUPMAPPING /
+    /// FUSE_REMOVEMAPPING through `mapper`. Returns false when the handler
+    /// cannot (the transport then offers no window).
+    fn enable_dax(&self, mapper: Arc<dyn crate::fuse::dax::DaxMapper>) -> bool {
+        let _ = mapper;
+        false
+    }
 }

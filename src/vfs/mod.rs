@@ -2,12 +2,14 @@
 //!
 //! `inode` maps node ids to paths with lookup counts; `handle` keeps open
 //! file and directory handles; `staging` holds the bytes of files being
-//! written until a durability point uploads them; `object` is the POSIX
+//! written until a durability point uploads them; `dax` is the per-inode
+//! DAX policy; `object` is the POSIX
 //! mapping onto an object store (any OpenDAL service through `backend`);
 //! `passthrough` serves a host directory; `mounts` attaches file systems
 //! inside another (Kata volumes inside the passthrough tree).
 //! `errno` is the one mapping from back-end errors to errno values.
 
+pub mod dax;
 pub mod handle;
 pub mod inode;
 pub mod mounts;

@@ -42,6 +42,10 @@ use crate::fuse::abi::{self, RENAME_NOREPLACE};
 use crate::fuse::filesystem::Result;
 use crate::fuse::{reply, Ctx, DirEntry, Entry, Errno, Filesystem, SetAttr, TimeSpec};
 
+// DAX (FUSE_SETUPMAPPING) lives apart: the guest maps the staging memfd.
+#[path = "object_dax.rs"]
+mod dax;
+
 /// Knobs of the object-store file system.
 #[derive(Clone, Debug)]
 pub struct ObjectFsOptions {
@@ -319,6 +323,8 @@ pub struct Core {
     flusher: std::sync::atomic::AtomicBool,
     /// Uploads done by the periodic flusher.
     flushed: AtomicU64,
+    /// DAX mappings of staged files and the per-inode DAX policy.
+    dax: dax::DaxState,
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -493,6 +499,7 @@ impl ObjectFs {
             cache: None,
             streamed: std::sync::atomic::AtomicU64::new(0),
             budget,
+            dax: Default::default(),
             inflight: Arc::default(),
             listings: Mutex::new(HashMap::new()),
             flusher: std::sync::atomic::AtomicBool::new(false),
@@ -781,7 +788,7 @@ impl Core {
         if let Some(e) = st.lost {
             return Err(e);
         }
-        if !st.dirty {
+        if !st.dirty && !self.dax_writable(nodeid) {
             return Ok(());
         }
         let snap = file.snap();
@@ -868,7 +875,8 @@ impl Core {
     /// Drop a clean file's staged copy (memory pressure, or holes after a
     /// streamed upload): reads go to the object again, writes load it again.
     async fn unstage(&self, nodeid: u64, file: &OpenFile, st: &mut FileState) {
-        if st.dirty || st.stream.is_some() || file.snap().unlinked {
+        // A DAX-mapped memfd is what the guest sees: never dropped under it.
+        if st.dirty || st.stream.is_some() || file.snap().unlinked || st.staged.as_ref().is_some_and(|s| s.pins() > 0) {
             return;
         }
         st.staged = None;
@@ -893,6 +901,10 @@ impl Core {
     /// Release the memory of parts a streaming upload has sent.
     fn release_sent(file: &OpenFile, st: &mut FileState) {
         let (Some(stream), Some(staged)) = (st.stream.as_ref(), st.staged.as_mut()) else { return };
+        if staged.pins() > 0 {
+            // Mapped by a guest (DAX): the bytes must stay.
+            return;
+        }
         let upto = stream.sent;
         if upto <= st.punched {
             return;
@@ -1489,6 +1501,24 @@ impl Core {
 }
 
 impl Filesystem for ObjectFs {
+    async fn dax_map(
+        &self,
+        nodeid: u64,
+        foffset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<crate::fuse::dax::DaxSource> {
+        self.dax_map_node(nodeid, foffset, len, writable).await
+    }
+
+    async fn dax_unmap(&self, nodeid: u64, _foffset: u64, _len: u64, writable: bool) -> Result<()> {
+        self.dax_unmap_node(nodeid, writable).await
+    }
+
+    fn dax_wanted(&self, nodeid: u64, attr: &abi::fuse_attr) -> bool {
+        self.dax_wanted_node(nodeid, attr)
+    }
+
     fn destroy(&self) {
         self.files.clear();
         self.dirs.clear();

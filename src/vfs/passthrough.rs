@@ -243,6 +243,8 @@ pub struct PassthroughFs {
     submounts: std::sync::atomic::AtomicBool,
     euid: u32,
     egid: u32,
+    /// Which files get FUSE_ATTR_DAX (`-o dax=inode`); sizes only, no paths here.
+    dax_policy: super::dax::DaxPolicy,
 }
 
 const ROOT: u64 = abi::FUSE_ROOT_ID;
@@ -352,7 +354,14 @@ impl PassthroughFs {
             submounts: std::sync::atomic::AtomicBool::new(false),
             euid,
             egid,
+            dax_policy: Default::default(),
         })
+    }
+
+    /// Which files get FUSE_ATTR_DAX under `-o dax=inode`.
+    pub fn with_dax_policy(mut self, policy: super::dax::DaxPolicy) -> Self {
+        self.dax_policy = policy;
+        self
     }
 
     /// (known nodes, open files, open directories), for tests.
@@ -697,6 +706,30 @@ impl super::mounts::MountHost for PassthroughFs {
 }
 
 impl Filesystem for PassthroughFs {
+    /// DAX maps the host file itself: the guest shares the host page cache,
+    /// so READ/WRITE and FSYNC (which writes back every dirty page of the
+    /// inode, mapped ones included) see the same bytes.
+    async fn dax_map(
+        &self,
+        nodeid: u64,
+        foffset: u64,
+        _len: u64,
+        writable: bool,
+    ) -> Result<crate::fuse::dax::DaxSource> {
+        let node = self.node(nodeid)?;
+        // QEMU 11.1 maps read-only ranges with PROT_WRITE too (its mmap
+        // fails on an O_RDONLY fd): open read-write when the host allows it.
+        let fd = match self.reopen(&node, libc::O_RDWR) {
+            Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) if !writable => self.reopen(&node, libc::O_RDONLY)?,
+            r => r?,
+        };
+        Ok(crate::fuse::dax::DaxSource { fd, offset: foffset })
+    }
+
+    fn dax_wanted(&self, _nodeid: u64, attr: &abi::fuse_attr) -> bool {
+        self.dax_policy.wants(None, attr.size)
+    }
+
     fn init(&self, kernel_flags: u64) -> InitOptions {
         let on = self.opts.announce_submounts && kernel_flags & abi::FUSE_SUBMOUNTS != 0;
         self.submounts.store(on, Ordering::Relaxed);

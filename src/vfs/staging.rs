@@ -5,6 +5,13 @@
 //! FSYNC or RELEASE uploads them in one atomic PUT or multipart upload. memfd
 //! pages are the same kind of memory the cache pool and the DAX window use.
 //! Sparse regions cost nothing until written.
+//!
+//! DAX: the memfd itself is what the guest maps ([`Staged::pin`] hands out a
+//! duplicate of its fd). While pinned, the memfd never gets shorter than the
+//! largest mapped extent (the VMM would take SIGBUS touching a page past its
+//! end): the file's size is tracked apart from the memfd's length, and bytes
+//! past the size that a mapping may still hold are zeroed (punched) whenever
+//! they could become part of the file again.
 
 use std::fs::File;
 use std::io;
@@ -16,6 +23,10 @@ use std::os::unix::fs::FileExt;
 pub struct Staged {
     file: File,
     size: u64,
+    /// Live DAX mappings of this memfd.
+    pins: usize,
+    /// The memfd stays at least this long while `pins > 0`.
+    pinned_len: u64,
 }
 
 impl Staged {
@@ -29,7 +40,68 @@ impl Staged {
         }
         // SAFETY: fd is a fresh, valid descriptor we own exclusively.
         let file = unsafe { File::from_raw_fd(fd) };
-        Ok(Staged { file, size: 0 })
+        Ok(Staged { file, size: 0, pins: 0, pinned_len: 0 })
+    }
+
+    /// DAX: a mapping of `[.., end)` of the memfd goes live. Grows the memfd
+    /// (sparse) to at least `end` and returns a duplicate of its fd for the VMM.
+    pub fn pin(&mut self, end: u64) -> io::Result<std::os::fd::OwnedFd> {
+        let fd = std::os::fd::OwnedFd::from(self.file.try_clone()?);
+        if end > self.memfd_len()? {
+            self.file.set_len(end)?;
+        }
+        self.pins += 1;
+        self.pinned_len = self.pinned_len.max(end);
+        Ok(fd)
+    }
+
+    /// DAX: one mapping is gone. With the last one, the memfd shrinks back to
+    /// the file's size.
+    pub fn unpin(&mut self) -> io::Result<()> {
+        self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 {
+            self.pinned_len = 0;
+            if self.memfd_len()? > self.size {
+                self.file.set_len(self.size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Live DAX mappings.
+    pub fn pins(&self) -> usize {
+        self.pins
+    }
+
+    fn memfd_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Zero `[from, to)` of the memfd where it exists (bytes past the file's
+    /// size that a mapping may have written and that are about to become part
+    /// of the file).
+    fn zero_tail(&self, from: u64, to: u64) -> io::Result<()> {
+        let to = to.min(self.memfd_len()?);
+        if from >= to {
+            return Ok(());
+        }
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        // SAFETY: fallocate on a descriptor we own, with plain integer
+        // arguments; it touches no memory of ours.
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
@@ -54,6 +126,10 @@ impl Staged {
             return Ok(());
         }
         let end = off.checked_add(data.len() as u64).ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        if self.pins > 0 && off > self.size {
+            // The gap becomes part of the file: it must read as zeros.
+            self.zero_tail(self.size, off)?;
+        }
         self.file.write_all_at(data, off)?;
         self.size = self.size.max(end);
         Ok(())
@@ -87,7 +163,15 @@ impl Staged {
 
     /// Set the size (zero-filling when growing).
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
-        self.file.set_len(size)?;
+        if self.pins == 0 {
+            self.file.set_len(size)?;
+        } else {
+            // Never shorter than a live mapping; what lies past the new size
+            // (or comes back into the file when growing) reads as zeros.
+            let (lo, hi) = (size.min(self.size), size.max(self.memfd_len()?));
+            self.zero_tail(lo, hi)?;
+            self.file.set_len(size.max(self.pinned_len))?;
+        }
         self.size = size;
         Ok(())
     }
@@ -113,6 +197,34 @@ mod tests {
         assert!(s.write(u64::MAX - 1, b"abc").is_err());
         s.write(1000, b"").unwrap();
         assert_eq!(s.size(), 20, "an empty write past EOF does not grow the file");
+    }
+
+    #[test]
+    fn pinned_memfd_never_shrinks_below_the_mapping() {
+        let mut s = Staged::new().unwrap();
+        s.write(0, &[7u8; 10_000]).unwrap();
+        let fd = s.pin(2 << 20).unwrap();
+        let f = File::from(fd);
+        assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+        assert_eq!(s.size(), 10_000);
+        // A "mapping" writes past EOF, then the file is truncated and regrown.
+        f.write_all_at(b"garbage", 20_000).unwrap();
+        s.truncate(100).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 2 << 20, "memfd kept at the mapped extent");
+        assert_eq!(s.read(0, 1000).unwrap(), vec![7u8; 100]);
+        s.truncate(30_000).unwrap();
+        let back = s.read(0, 30_000).unwrap();
+        assert_eq!(&back[..100], &[7u8; 100][..]);
+        assert!(back[100..].iter().all(|&b| b == 0), "bytes past the old size read as zeros");
+        // A write past EOF leaves a zero gap even over bytes a mapping wrote.
+        f.write_all_at(b"junk", 40_000).unwrap();
+        s.write(50_000, b"x").unwrap();
+        assert!(s.read(30_000, 20_000).unwrap().iter().all(|&b| b == 0));
+        // Same memory: what the mapping writes, READ sees.
+        f.write_all_at(b"dax!", 0).unwrap();
+        assert_eq!(s.read(0, 4).unwrap(), b"dax!");
+        s.unpin().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 50_001, "back to the file size after the last unpin");
     }
 
     #[test]

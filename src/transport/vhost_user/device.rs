@@ -32,7 +32,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringState, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -68,14 +68,19 @@ pub(super) const VIRTIO_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// vhost-user protocol features offered.
-pub(super) fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
+/// vhost-user protocol features offered (SHMEM only with a DAX window).
+pub(super) fn protocol_features(dax: bool) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::BACKEND_REQ
-        | VhostUserProtocolFeatures::BACKEND_SEND_FD
+        | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+    if dax {
+        base | VhostUserProtocolFeatures::SHMEM
+    } else {
+        base
+    }
 }
 
 /// Validated device parameters (from [`VhostUserOptions`]).
@@ -85,6 +90,8 @@ pub(super) struct DeviceConfig {
     pub(super) num_queues: usize,
     pub(super) queue_size: usize,
     pub(super) max_inflight: usize,
+    /// DAX window size (region 0), checked.
+    pub(super) dax_window: Option<u64>,
 }
 
 impl TryFrom<&VhostUserOptions> for DeviceConfig {
@@ -117,6 +124,9 @@ impl TryFrom<&VhostUserOptions> for DeviceConfig {
         if opts.max_inflight == 0 || opts.max_inflight > Semaphore::MAX_PERMITS {
             return Err(invalid(format!("max_inflight must be at least 1, got {}", opts.max_inflight)));
         }
+        if let Some(len) = opts.dax_window {
+            super::check_dax_window(len)?;
+        }
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..tag.len()].copy_from_slice(tag.as_bytes());
         // num_request_queues <= 63, so the cast is lossless.
@@ -126,6 +136,7 @@ impl TryFrom<&VhostUserOptions> for DeviceConfig {
             num_queues: opts.num_request_queues + 1,
             queue_size: opts.queue_size,
             max_inflight: opts.max_inflight,
+            dax_window: opts.dax_window,
         })
     }
 }
@@ -152,6 +163,8 @@ struct Inner {
     handler: Arc<dyn RequestHandler>,
     rt: tokio::runtime::Handle,
     channel: BackendChannel,
+    /// DAX window epoch (see `dax`): bumped on device reset.
+    dax_epoch: Arc<AtomicU64>,
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMem>>,
     permits: Arc<Semaphore>,
@@ -168,6 +181,7 @@ impl FsDevice {
         handler: Arc<dyn RequestHandler>,
         rt: tokio::runtime::Handle,
         channel: BackendChannel,
+        dax_epoch: Arc<AtomicU64>,
     ) -> Self {
         let queues = (0..cfg.num_queues)
             .map(|_| QueueCtl {
@@ -183,6 +197,7 @@ impl FsDevice {
                 handler,
                 rt,
                 channel,
+                dax_epoch,
                 event_idx: AtomicBool::new(false),
                 mem: RwLock::new(None),
                 queues,
@@ -235,11 +250,20 @@ impl VhostUserBackend for FsDevice {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        protocol_features()
+        protocol_features(self.inner.cfg.dax_window.is_some())
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match self.inner.cfg.dax_window {
+            Some(len) => Ok(VhostUserShMemConfig::new(1, &[len])),
+            None => Err(io::Error::from_raw_os_error(libc::ENOTSUP)),
+        }
     }
 
     fn reset_device(&self) {
         tracing::debug!("vhost-user device reset");
+        // The VMM drops the window's mappings with the device.
+        self.inner.dax_epoch.fetch_add(1, Ordering::SeqCst);
         for ctl in self.inner.queues.iter() {
             ctl.generation.fetch_add(1, Ordering::SeqCst);
             ctl.starved.store(false, Ordering::SeqCst);

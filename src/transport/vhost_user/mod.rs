@@ -13,7 +13,11 @@
 //! The DAX work needs the back-end request channel (`Backend`) that the
 //! front-end hands over with `VHOST_USER_SET_BACKEND_REQ_FD`: pass a
 //! [`BackendChannel`] to [`serve_with_backend_channel`] and keep a clone.
+//! With [`VhostUserOptions::dax_window`] the device offers the shared-memory
+//! window itself (`dax`): it answers `GET_SHMEM_CONFIG` and hands the FUSE
+//! server a mapper that sends `BACKEND_SHMEM_MAP` / `UNMAP`.
 
+mod dax;
 mod device;
 #[cfg(test)]
 mod tests;
@@ -21,6 +25,7 @@ mod tests;
 use std::io;
 use std::os::unix::io::{FromRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vhost::vhost_user::{Backend, Error as VhostUserError, Listener};
@@ -28,6 +33,7 @@ use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::RequestHandler;
+pub use dax::{check_dax_window, DAX_WINDOW_ALIGN, DAX_WINDOW_MAX};
 use device::{DeviceConfig, FsDevice};
 
 /// Line printed on stderr right before accepting a connection. Kata's
@@ -61,11 +67,23 @@ pub struct VhostUserOptions {
     /// After the VMM disconnects, accept the next connection (fresh device
     /// state) instead of returning.
     pub keep_serving: bool,
+    /// DAX window size in bytes (a power of two, 2 MiB..1 TiB): offer
+    /// `VHOST_USER_PROTOCOL_F_SHMEM` with one shared-memory region of this size
+    /// and serve FUSE_SETUPMAPPING through it. `None`: no window, nothing new
+    /// offered.
+    pub dax_window: Option<u64>,
 }
 
 impl Default for VhostUserOptions {
     fn default() -> Self {
-        Self { tag: None, num_request_queues: 1, queue_size: MAX_QUEUE_SIZE, max_inflight: 256, keep_serving: false }
+        Self {
+            tag: None,
+            num_request_queues: 1,
+            queue_size: MAX_QUEUE_SIZE,
+            max_inflight: 256,
+            keep_serving: false,
+            dax_window: None,
+        }
     }
 }
 
@@ -154,12 +172,20 @@ fn serve_connections(
     max_connections: Option<usize>,
 ) -> io::Result<()> {
     let config = DeviceConfig::try_from(&opts)?;
+    // Bumped at every connection and device reset: the VMM dropped the window.
+    let epoch = Arc::new(AtomicU64::new(0));
+    if let Some(len) = config.dax_window {
+        let mapper = dax::WindowMapper { channel: channel.clone(), len, epoch: epoch.clone() };
+        if !handler.enable_dax(Arc::new(mapper)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "this request handler cannot serve a DAX window"));
+        }
+    }
     let mut listener = open_listener(listen)?;
     let mut served = 0usize;
     loop {
         // Setup and accept failures are fatal; a connection that ends with an
         // error is fatal only when not asked to keep serving.
-        let result = serve_one(&mut listener, &handler, &config, &rt, &channel)?;
+        let result = serve_one(&mut listener, &handler, &config, &rt, &channel, &epoch)?;
         served += 1;
         let limit_reached = max_connections.is_some_and(|max| served >= max);
         match result {
@@ -218,9 +244,11 @@ fn serve_one(
     config: &DeviceConfig,
     rt: &tokio::runtime::Handle,
     channel: &BackendChannel,
+    epoch: &Arc<AtomicU64>,
 ) -> io::Result<io::Result<()>> {
     channel.set(None);
-    let device = FsDevice::new(config.clone(), handler.clone(), rt.clone(), channel.clone());
+    epoch.fetch_add(1, Ordering::SeqCst);
+    let device = FsDevice::new(config.clone(), handler.clone(), rt.clone(), channel.clone(), epoch.clone());
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new("ovfs-vhost-user".to_string(), device.clone(), mem)
         .map_err(|e| io::Error::other(format!("cannot create vhost-user daemon: {e}")))?;
@@ -241,6 +269,7 @@ fn serve_one(
     }
     device.disconnect();
     channel.set(None);
+    epoch.fetch_add(1, Ordering::SeqCst);
 
     match result {
         Ok(()) => Ok(Ok(())),

@@ -163,6 +163,7 @@ impl Rig {
             queue_size: usize::from(QSIZE),
             max_inflight,
             keep_serving: false,
+            dax_window: None,
         };
         let cfg = DeviceConfig::try_from(&opts).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
@@ -171,7 +172,7 @@ impl Rig {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(gm.clone()));
         let atomic = GuestMemoryAtomic::new(gm);
         let handler = Arc::new(TestHandler::default());
-        let dev = FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new());
+        let dev = FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new(), Default::default());
         dev.update_memory(atomic.clone()).unwrap();
         let mut vrings = Vec::new();
         let mut layouts = Vec::new();
@@ -771,6 +772,37 @@ fn features_and_protocol_features() {
     assert_eq!(rig.dev.queues_per_thread(), vec![0b1111]);
 }
 
+#[test]
+fn dax_window_offers_shmem_and_one_region() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let handler: Arc<dyn RequestHandler> = Arc::new(TestHandler::default());
+    let dev = |dax_window| {
+        let opts = VhostUserOptions { dax_window, ..VhostUserOptions::default() };
+        let cfg = DeviceConfig::try_from(&opts).unwrap();
+        FsDevice::new(cfg, handler.clone(), rt.handle().clone(), BackendChannel::new(), Default::default())
+    };
+    let off = dev(None);
+    assert!(!off.protocol_features().contains(VhostUserProtocolFeatures::SHMEM));
+    assert!(off.get_shmem_config().is_err());
+    let on = dev(Some(64 << 20));
+    let p = on.protocol_features();
+    assert!(p.contains(
+        VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    ));
+    assert_eq!(p.bits() & (1 << 22), 1 << 22, "SHMEM is bit 22 for QEMU 11.1");
+    let c = on.get_shmem_config().unwrap();
+    let (n, sizes) = (c.nregions, c.memory_sizes);
+    assert_eq!((n, sizes[0], sizes[1]), (1, 64 << 20, 0));
+    for bad in [0, 1 << 20, 3 << 20, 6 << 20, 2 << 40] {
+        let opts = VhostUserOptions { dax_window: Some(bad), ..VhostUserOptions::default() };
+        assert!(DeviceConfig::try_from(&opts).is_err(), "{bad}");
+    }
+}
+
 // ---- serve() over a real socket ----
 
 const GET_FEATURES: u32 = 1;
@@ -821,7 +853,7 @@ fn serve_socket_path_answers_and_returns_on_disconnect() {
     });
     let mut sock = connect_retry(&path);
     assert_eq!(vhost_get_u64(&mut sock, GET_FEATURES), VIRTIO_FEATURES);
-    assert_eq!(vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES), device::protocol_features().bits());
+    assert_eq!(vhost_get_u64(&mut sock, GET_PROTOCOL_FEATURES), device::protocol_features(false).bits());
     drop(sock);
     server.join().unwrap().unwrap();
     assert!(!path.exists(), "socket file left behind");
