@@ -154,27 +154,32 @@ def main():
                 out.append(f"| s3 | mem during {groups[k][0].get('bytes_mib')} MiB write+read | ovfs | "
                            f"memory_limit {lim} MiB | VmRSS max {fmt(med[k])} MiB | | | "
                            f"<= limit + 64 MiB | {'yes' if ok else '**no**'} |")
-                km = ("s3", "mem-memfd-size-max", k[2], "ovfs")
-                if km in med:  # the memfd pages exist whether or not they are mapped (shmem)
+                km = ("s3", "mem-system-shmem-delta-max", k[2], "ovfs")
+                kz = ("s3", "mem-memfd-size-max", k[2], "ovfs")
+                if km in med:  # shmem pages allocated system-wide (the memfds' holes cost nothing)
                     ok = med[km] <= lim + 64
                     verdicts.append(ok)
+                    size = f" (memfd sizes max {fmt(med[kz])} MiB, holes included)" if kz in med else ""
                     out.append(f"| s3 | mem during {groups[k][0].get('bytes_mib')} MiB write+read | ovfs | "
-                               f"memory_limit {lim} MiB | memfd sizes max {fmt(med[km])} MiB | | | "
+                               f"memory_limit {lim} MiB | system Shmem rise max {fmt(med[km])} MiB{size} | | | "
                                f"shmem footprint <= limit + 64 MiB | {'yes' if ok else '**no**'} |")
     # daemon-alone targets (names decided by ovfs-bench: matched loosely)
     for k in sorted(med):
-        if k[0] != "daemon" or k[3] != "ovfs":
+        if k[0] != "daemon" or k[3] != "ovfs-passthrough":
             continue
-        pk = (k[0], k[1], k[2], "virtiofsd")
-        if pk not in med:
+        # against the better of virtiofsd's two thread-pool settings
+        peers = [p for p in ("virtiofsd", "virtiofsd-pool16") if (k[0], k[1], k[2], p) in med]
+        if not peers:
             continue
+        best = max(peers, key=lambda p: speed(med[(k[0], k[1], k[2], p)], unit[k]))
+        pk = (k[0], k[1], k[2], best)
         wl = k[1].lower()
         need = 1.5 if "getattr" in wl else (1.0 if "read" in wl and "1m" in wl else None)
         if need is None:
             continue
         ratio = speed(med[k], unit[k]) / speed(med[pk], unit[k])
         verdicts.append(ratio >= need)
-        out.append(f"| daemon | {k[1]} (depth {k[2]}) | ovfs | virtiofsd | {fmt(med[k])} {unit[k]} | "
+        out.append(f"| daemon | {k[1]} (depth {k[2]}) | ovfs-passthrough | {best} | {fmt(med[k])} {unit[k]} | "
                    f"{fmt(med[pk])} {unit[k]} | {ratio:.2f}x | >= {need}x virtiofsd | "
                    f"{'yes' if ratio >= need else '**no**'} |")
     out.append(f"\n{sum(verdicts)} of {len(verdicts)} targets met.\n")
