@@ -431,28 +431,7 @@ fn guest_pjdfstest_fs_vs_virtiofsd() {
             b.context()
         );
         d.expect_exit_after_disconnect();
-        let mut c = w.cmd(repo().join("tests/pjdfstest/summarize.sh"));
-        if let Some(e) = expected {
-            c.arg("-e").arg(e);
-        }
-        let out = w.run("summarize.sh", c.arg(&b.log_path));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        fs::write(w.p(&format!("{name}.summary")), &text).expect("write summary");
-        let summary = text.lines().rfind(|l| l.starts_with("pjdfstest: ") && l.ends_with(" skipped")).unwrap_or("");
-        let counts: Vec<u64> = summary
-            .strip_prefix("pjdfstest: ")
-            .map(|r| r.split(", ").filter_map(|p| p.split(' ').next()?.parse().ok()).collect())
-            .unwrap_or_default();
-        let counts: [u64; 3] = counts
-            .try_into()
-            .unwrap_or_else(|_| panic!("[{}] {name}: no summary line ({}):\n{text}", w.name, out.status));
-        let unexpected: Vec<String> = text
-            .lines()
-            .filter(|l| !l.ends_with("(expected)"))
-            .filter_map(|l| Some(l.strip_prefix("pjdfstest: FAILED ")?.split(": ").next()?.to_string()))
-            .collect();
-        eprintln!("[{}] {name}: {summary}", w.name);
-        (text, out.status.success(), counts, unexpected)
+        w.pjdfstest_summary(name, &b, expected)
     };
     // pjdfstest, then one retry of the known-racy cases only (see RACY); returns the summary
     // line and the counts, the retried tests counted as passed.

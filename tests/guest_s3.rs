@@ -476,29 +476,7 @@ fn guest_pjdfstest_s3() {
         for l in b.tagged("TIME ") {
             eprintln!("[{}] {name}: guest {l}", w.name);
         }
-        let mut c = w.cmd(repo().join("tests/pjdfstest/summarize.sh"));
-        if let Some(e) = expected {
-            c.arg("-e").arg(e);
-        }
-        let out = c.arg(&b.log_path).output().expect("run summarize.sh");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        fs::write(w.p(&format!("{name}.summary")), &text).expect("write summary");
-        let summary = text.lines().rfind(|l| l.starts_with("pjdfstest: ") && l.ends_with(" skipped")).unwrap_or("");
-        let counts: Vec<u64> = summary
-            .strip_prefix("pjdfstest: ")
-            .map(|r| r.split(", ").filter_map(|p| p.split(' ').next()?.parse().ok()).collect())
-            .unwrap_or_default();
-        let counts: [u64; 3] = counts
-            .try_into()
-            .unwrap_or_else(|_| panic!("[{}] {name}: no summary line ({}):\n{text}", w.name, out.status));
-        // "pjdfstest: FAILED a::b::c: reason" -> "a::b::c"
-        let unexpected: Vec<String> = text
-            .lines()
-            .filter(|l| !l.ends_with("(expected)"))
-            .filter_map(|l| Some(l.strip_prefix("pjdfstest: FAILED ")?.split(": ").next()?.to_string()))
-            .collect();
-        eprintln!("[{}] {name}: {summary}", w.name);
-        (text, out.status.success(), counts, unexpected)
+        w.pjdfstest_summary(name, &b, expected)
     };
 
     let (text, ok, mut counts, unexpected) = pjd("pjd", "", Some(&expected));

@@ -10,10 +10,13 @@
 //! Needs root (bind mounts, `ip netns`), /dev/fuse and, for the netns test,
 //! SeaweedFS (tests/tools/install-deps.sh).
 
+#[path = "common/bind.rs"]
+mod bind;
 mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
+use bind::Bind;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,24 +80,6 @@ impl Drop for KataMount {
         if is_mounted(&self.mnt) {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
-    }
-}
-
-/// A bind mount undone on drop.
-struct Bind(PathBuf);
-
-impl Bind {
-    fn new(src: &Path, dst: &Path) -> Bind {
-        fs::create_dir_all(dst).unwrap();
-        let st = Command::new("mount").arg("--bind").arg(src).arg(dst).status().unwrap();
-        assert!(st.success(), "mount --bind {} {} (needs root)", src.display(), dst.display());
-        Bind(dst.to_path_buf())
-    }
-}
-
-impl Drop for Bind {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

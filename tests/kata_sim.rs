@@ -25,15 +25,18 @@
 //!    stderr readiness line before starting QEMU (as runtime-rs does); the
 //!    guest finds the phase-1 file in the volume and writes another.
 
+#[path = "common/bind.rs"]
+mod bind;
 #[path = "common/guest.rs"]
 mod guest;
 #[path = "common/s3.rs"]
 mod s3;
 
+use bind::Bind;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,24 +49,6 @@ const HOSTVOL_DIR: &str = "c0ffee0123456789-1234abcd5678ef90-config";
 
 fn kata_boot() -> BootOpts {
     BootOpts { tag: "kataShared", kata_mem: true, timeout_s: 240 }
-}
-
-/// A bind mount undone on drop.
-struct Bind(PathBuf);
-
-impl Bind {
-    fn new(src: &Path, dst: &Path) -> Bind {
-        fs::create_dir_all(dst).unwrap();
-        let st = Command::new("mount").arg("--bind").arg(src).arg(dst).status().unwrap();
-        assert!(st.success(), "mount --bind {} {} (needs root)", src.display(), dst.display());
-        Bind(dst.to_path_buf())
-    }
-}
-
-impl Drop for Bind {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// A container rootfs under `shared/<cid>/rootfs`, as Kata bind-mounts it.

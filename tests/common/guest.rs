@@ -271,6 +271,43 @@ impl Work {
     }
 }
 
+impl Work {
+    /// tests/pjdfstest/summarize.sh over a pjdfstest boot's console log, with
+    /// an optional expected-failures file; the output is kept as
+    /// `<name>.summary`. Returns (the output, whether summarize.sh succeeded,
+    /// [passed, failed, skipped], the names of unexpected failures).
+    pub fn pjdfstest_summary(
+        &self,
+        name: &str,
+        b: &Boot,
+        expected: Option<&Path>,
+    ) -> (String, bool, [u64; 3], Vec<String>) {
+        let mut c = self.cmd(repo().join("tests/pjdfstest/summarize.sh"));
+        if let Some(e) = expected {
+            c.arg("-e").arg(e);
+        }
+        let out = self.run("summarize.sh", c.arg(&b.log_path));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        fs::write(self.p(&format!("{name}.summary")), &text).expect("write summary");
+        let summary = text.lines().rfind(|l| l.starts_with("pjdfstest: ") && l.ends_with(" skipped")).unwrap_or("");
+        let counts: Vec<u64> = summary
+            .strip_prefix("pjdfstest: ")
+            .map(|r| r.split(", ").filter_map(|p| p.split(' ').next()?.parse().ok()).collect())
+            .unwrap_or_default();
+        let counts: [u64; 3] = counts
+            .try_into()
+            .unwrap_or_else(|_| panic!("[{}] {name}: no summary line ({}):\n{text}", self.name, out.status));
+        // "pjdfstest: FAILED a::b::c: reason" -> "a::b::c"
+        let unexpected: Vec<String> = text
+            .lines()
+            .filter(|l| !l.ends_with("(expected)"))
+            .filter_map(|l| Some(l.strip_prefix("pjdfstest: FAILED ")?.split(": ").next()?.to_string()))
+            .collect();
+        eprintln!("[{}] {name}: {summary}", self.name);
+        (text, out.status.success(), counts, unexpected)
+    }
+}
+
 impl Drop for Work {
     fn drop(&mut self) {
         let keep = std::env::var_os("OVFS_GUEST_KEEP").is_some_and(|v| v == "1");
