@@ -115,6 +115,34 @@ impl S3Server {
             .output();
     }
 
+    /// Stop the server (an outage), keeping its data, port and home;
+    /// [`S3Server::resume`] starts it again. Nothing answers on the port
+    /// in between (connections are refused).
+    pub fn pause(&self) {
+        S3Server::stop_at(self.home.path(), self.port);
+    }
+
+    /// Start the server again after [`S3Server::pause`], on the same port,
+    /// with the same data; panics if it does not come up.
+    pub fn resume(&self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .env("S3_HOME", self.home.path())
+            .env("S3_PORT", self.port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run s3-local.sh");
+        assert!(
+            out.status.success(),
+            "SeaweedFS did not come back on port {}: {}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.spawn_watchdog();
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
