@@ -8,13 +8,13 @@
 //! Like QEMU, the mapper refuses a map over a live mapping, so the server must
 //! unmap first (overlaps, read-only to writable upgrades).
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ovfs::backend::Backend;
 use ovfs::config::Config;
+use ovfs::frontend::dax::DaxWindow;
 use ovfs::fuse::abi::{self, Pod};
 use ovfs::fuse::client::{self, Reply};
 use ovfs::fuse::dax::DaxMapper;
@@ -26,82 +26,49 @@ const WINDOW: u64 = 16 * MIB;
 const R: u64 = abi::FUSE_SETUPMAPPING_FLAG_READ;
 const W: u64 = abi::FUSE_SETUPMAPPING_FLAG_WRITE;
 
-/// A window in this process, mapped the way a VMM maps SHMEM_MAP requests.
+/// The front-end's window (a reservation of this process, mapped the way a
+/// VMM maps SHMEM_MAP requests and refusing what QEMU refuses), with the
+/// epoch the server's mapper reports.
 struct Window {
-    base: *mut u8,
-    len: u64,
-    /// moffset -> (len, writable)
-    live: Mutex<BTreeMap<u64, (u64, bool)>>,
+    win: DaxWindow,
     epoch: AtomicU64,
-    maps: AtomicU64,
-    unmaps: AtomicU64,
 }
-
-// SAFETY: `base` is a reservation owned by the Window for its whole life;
-// access to what is mapped there goes through raw reads/writes in tests.
-unsafe impl Send for Window {}
-// SAFETY: as above; the bookkeeping is behind a mutex and atomics.
-unsafe impl Sync for Window {}
 
 impl Window {
     fn new(len: u64) -> Arc<Window> {
-        // SAFETY: an anonymous PROT_NONE reservation at an address the kernel picks.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        Arc::new(Window {
-            base: p.cast(),
-            len,
-            live: Mutex::new(BTreeMap::new()),
-            epoch: AtomicU64::new(1),
-            maps: AtomicU64::new(0),
-            unmaps: AtomicU64::new(0),
-        })
+        Arc::new(Window { win: DaxWindow::new(len).expect("reserve a window"), epoch: AtomicU64::new(1) })
     }
 
     fn read(&self, off: u64, n: usize) -> Vec<u8> {
-        assert!(self.covered(off, n as u64), "reading an unmapped part of the window");
-        let mut v = vec![0u8; n];
-        // SAFETY: the range is inside the window and mapped (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off as usize), v.as_mut_ptr(), n) };
-        v
+        self.win.read(off, n).expect("reading an unmapped part of the window")
     }
 
     fn write(&self, off: u64, data: &[u8]) {
-        let live = self.live.lock().unwrap();
-        let ok = live.iter().any(|(&m, &(l, w))| w && m <= off && off + data.len() as u64 <= m + l);
-        assert!(ok, "writing where no writable mapping is");
-        // SAFETY: inside a live writable mapping (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off as usize), data.len()) };
-    }
-
-    fn covered(&self, off: u64, n: u64) -> bool {
-        self.live.lock().unwrap().iter().any(|(&m, &(l, _))| m <= off && off + n <= m + l)
+        assert!(self.win.write(off, data), "writing where no writable mapping is");
     }
 
     fn live(&self) -> Vec<(u64, u64, bool)> {
-        self.live.lock().unwrap().iter().map(|(&m, &(l, w))| (m, l, w)).collect()
+        self.win.live()
     }
-}
 
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: the reservation (and whatever is mapped in it) is ours.
-        unsafe { libc::munmap(self.base.cast(), self.len as usize) };
+    fn maps(&self) -> u64 {
+        self.win.counts().0
+    }
+
+    fn unmaps(&self) -> u64 {
+        self.win.counts().1
+    }
+
+    /// The VMM reset the device or reconnected: every mapping is gone.
+    fn reset(&self) {
+        self.win.reset().unwrap();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl DaxMapper for Window {
     fn window_len(&self) -> u64 {
-        self.len
+        self.win.len()
     }
 
     fn epoch(&self) -> u64 {
@@ -109,52 +76,19 @@ impl DaxMapper for Window {
     }
 
     fn map(&self, fd: BorrowedFd<'_>, fd_offset: u64, moffset: u64, len: u64, writable: bool) -> std::io::Result<()> {
-        let mut live = self.live.lock().unwrap();
-        assert!(moffset + len <= self.len, "the server sent a map outside the window");
-        if live.iter().any(|(&m, &(l, _))| m < moffset + len && moffset < m + l) {
-            // QEMU refuses overlapping maps.
-            return Err(std::io::Error::other("overlapping map"));
-        }
-        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: MAP_FIXED inside our own reservation.
-        let p = unsafe {
-            libc::mmap(
-                self.base.add(moffset as usize).cast(),
-                len as usize,
-                prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
-                fd_offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        live.insert(moffset, (len, writable));
-        self.maps.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        self.win.map(fd.as_raw_fd(), fd_offset, moffset, len, writable)
     }
 
     fn unmap(&self, moffset: u64, len: u64) -> std::io::Result<()> {
-        let mut live = self.live.lock().unwrap();
-        if live.get(&moffset).map(|e| e.0) != Some(len) {
-            return Err(std::io::Error::other("unmap of something not mapped"));
+        self.win.unmap(moffset, len)
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(self.win.counts().2, 0, "the server sent a map or unmap the VMM refuses");
         }
-        // SAFETY: put the reservation back over our own range.
-        let p = unsafe {
-            libc::mmap(
-                self.base.add(moffset as usize).cast(),
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        live.remove(&moffset);
-        self.unmaps.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 }
 
@@ -247,9 +181,9 @@ async fn map_read_upgrade_write_back() {
     assert!(tail[MIB as usize..].iter().all(|&b| b == 0));
 
     // Upgrade the first mapping to writable: unmapped first, then mapped writable.
-    let unmaps = rig.win.unmaps.load(Ordering::SeqCst);
+    let unmaps = rig.win.unmaps();
     assert_eq!(rig.setup(ino, 2 * MIB, 2 * MIB, R | W, 4 * MIB).await, 0);
-    assert_eq!(rig.win.unmaps.load(Ordering::SeqCst), unmaps + 1);
+    assert_eq!(rig.win.unmaps(), unmaps + 1);
     assert!(rig.win.live().contains(&(4 * MIB, 2 * MIB, true)));
 
     // A write through the window is what FUSE READ sees, and FSYNC uploads it.
@@ -287,7 +221,7 @@ async fn map_read_upgrade_write_back() {
 async fn hostile_requests_get_errnos_and_map_nothing() {
     let rig = Rig::new().await;
     let ino = rig.file("h.bin", &pattern(100_000, 1)).await;
-    let maps = || rig.win.maps.load(Ordering::SeqCst);
+    let maps = || rig.win.maps();
     let before = maps();
     let einval = [
         (ino, 0, 2 * MIB, R, WINDOW),             // starts at the window's end
@@ -344,19 +278,17 @@ async fn truncate_under_a_mapping_and_device_reset() {
 
     // The VMM reconnected: the window is gone; the next INIT releases the
     // old table's pins instead of unmapping them.
-    rig.win.live.lock().unwrap().clear();
-    rig.win.epoch.fetch_add(1, Ordering::SeqCst);
+    rig.win.reset();
     assert_eq!(rig.call(&client::init(rig.next(), abi::FUSE_MAP_ALIGNMENT)).await.errno, 0);
     assert_eq!(rig.s.filesystem().dax_mappings(ino), 0);
     assert!(rig.s.dax().unwrap().mappings().is_empty());
     assert_eq!(rig.setup(ino, 2 * MIB, 2 * MIB, R | W, 0).await, 0);
     // A device reset without a new INIT: the next SETUPMAPPING forgets the
     // old table (no unmap sent for it) and releases its pins.
-    rig.win.live.lock().unwrap().clear();
-    rig.win.epoch.fetch_add(1, Ordering::SeqCst);
-    let unmaps = rig.win.unmaps.load(Ordering::SeqCst);
+    rig.win.reset();
+    let unmaps = rig.win.unmaps();
     assert_eq!(rig.setup(ino, 0, 2 * MIB, R, 0).await, 0);
-    assert_eq!(rig.win.unmaps.load(Ordering::SeqCst), unmaps, "stale mappings are not unmapped again");
+    assert_eq!(rig.win.unmaps(), unmaps, "stale mappings are not unmapped again");
     assert_eq!(rig.s.filesystem().dax_mappings(ino), 1);
     assert_eq!(rig.s.dax().unwrap().mappings().len(), 1);
     assert!(rig.win.read(0, (MIB) as usize) == data[..MIB as usize]);

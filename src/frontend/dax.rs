@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -113,7 +113,82 @@ impl DaxWindow {
         true
     }
 
-    fn refuse(&self, msg: &str) -> HandlerResult<u64> {
+    /// Map `len` bytes of `fd` at `fd_offset` over `[off, off + len)` of the
+    /// window (what a VMM does for SHMEM_MAP). Refused (and counted) when
+    /// the range is empty, unaligned, outside the window or over a live
+    /// mapping.
+    pub fn map(&self, fd: RawFd, fd_offset: u64, off: u64, len: u64, writable: bool) -> io::Result<()> {
+        let mut live = self.lock();
+        let Some(end) = off.checked_add(len) else { return self.refuse("range overflows") };
+        if len == 0 || end > self.len || off % 4096 != 0 || len % 4096 != 0 {
+            return self.refuse("map outside the window");
+        }
+        if live.iter().any(|(&m, &(l, _))| m < end && off < m + l) {
+            return self.refuse("map over a live mapping");
+        }
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: MAP_FIXED over [off, end) of our own reservation (checked
+        // to lie inside it); the fd is the daemon's, mapped shared.
+        let p = unsafe {
+            libc::mmap(
+                self.base.add(off as usize).cast(),
+                len as usize,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                fd_offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::last_os_error());
+        }
+        live.insert(off, (len, writable));
+        self.maps.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Put the reservation back over exactly one live mapping (SHMEM_UNMAP).
+    pub fn unmap(&self, off: u64, len: u64) -> io::Result<()> {
+        let mut live = self.lock();
+        if live.get(&off).map(|e| e.0) != Some(len) {
+            return self.refuse("unmap of something not mapped");
+        }
+        self.clear(off, len)?;
+        live.remove(&off);
+        self.unmaps.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Drop every mapping without counting unmaps: what happens to the
+    /// window when the VMM resets the device or reconnects.
+    pub fn reset(&self) -> io::Result<()> {
+        let mut live = self.lock();
+        self.clear(0, self.len)?;
+        live.clear();
+        Ok(())
+    }
+
+    fn clear(&self, off: u64, len: u64) -> io::Result<()> {
+        // SAFETY: put the PROT_NONE reservation back over [off, off + len),
+        // a range of our own window (callers pass live mappings or the whole window).
+        let p = unsafe {
+            libc::mmap(
+                self.base.add(off as usize).cast(),
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn refuse<T>(&self, msg: &str) -> io::Result<T> {
         self.refused.fetch_add(1, Ordering::SeqCst);
         Err(einval(msg))
     }
@@ -128,60 +203,14 @@ impl Drop for DaxWindow {
 
 impl VhostUserFrontendReqHandler for DaxWindow {
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
-        let (shmid, off, len, fd_offset, flags) = (req.shmid, req.shm_offset, req.len, req.fd_offset, req.flags);
-        let mut live = self.lock();
-        let Some(end) = off.checked_add(len) else { return self.refuse("range overflows") };
-        if shmid != 0 || len == 0 || end > self.len || off % 4096 != 0 || len % 4096 != 0 {
-            return self.refuse("map outside the window");
+        if req.shmid != 0 {
+            return self.refuse("no such shared memory region");
         }
-        if live.iter().any(|(&m, &(l, _))| m < end && off < m + l) {
-            return self.refuse("map over a live mapping");
-        }
-        let writable = flags & VhostUserMMapFlags::WRITABLE.bits() != 0;
-        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: MAP_FIXED over [off, end) of our own reservation (checked
-        // to lie inside it); the fd is the daemon's, mapped shared.
-        let p = unsafe {
-            libc::mmap(
-                self.base.add(off as usize).cast(),
-                len as usize,
-                prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
-                fd_offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(io::Error::last_os_error());
-        }
-        live.insert(off, (len, writable));
-        self.maps.fetch_add(1, Ordering::SeqCst);
-        Ok(0)
+        let writable = req.flags & VhostUserMMapFlags::WRITABLE.bits() != 0;
+        self.map(fd.as_raw_fd(), req.fd_offset, req.shm_offset, req.len, writable).map(|()| 0)
     }
 
     fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
-        let (off, len) = (req.shm_offset, req.len);
-        let mut live = self.lock();
-        if live.get(&off).map(|e| e.0) != Some(len) {
-            return self.refuse("unmap of something not mapped");
-        }
-        // SAFETY: put the reservation back over a range of our own window.
-        let p = unsafe {
-            libc::mmap(
-                self.base.add(off as usize).cast(),
-                len as usize,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        live.remove(&off);
-        self.unmaps.fetch_add(1, Ordering::SeqCst);
-        Ok(0)
+        self.unmap(req.shm_offset, req.len).map(|()| 0)
     }
 }
