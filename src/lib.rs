@@ -13,6 +13,7 @@ pub mod config;
 pub mod frontend;
 pub mod fuse;
 pub mod kata;
+pub mod memfd;
 pub mod metrics;
 pub mod transport;
 pub mod vfs;

@@ -54,10 +54,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::memfd::SharedMap;
 
 /// Size of a slab, of the largest class and the alignment of its blocks.
 pub const SLAB_SIZE: usize = 2 << 20;
@@ -324,7 +326,7 @@ impl Block {
     /// this block (or the pool) lives; the memfd is sealed against shrinking.
     pub fn fd_and_offset(&self) -> (RawFd, u64) {
         let (arena, offset) = self.pool.locate(self.index, self.class);
-        (arena.fd.as_raw_fd(), offset as u64)
+        (arena.map.fd(), offset as u64)
     }
 }
 
@@ -342,9 +344,9 @@ impl fmt::Debug for Block {
 
 /// One memfd, mapped.
 struct Arena {
-    fd: OwnedFd,
-    base: NonNull<u8>,
-    len: usize,
+    /// The sealed memfd and its mapping (unmapped when the arena drops,
+    /// which is only with the pool, after every Block: each holds the pool).
+    map: SharedMap,
     /// Free-list links of the blocks, `slabs * MAX_PER_SLAB` entries.
     block_next: Box<[AtomicU32]>,
     /// Free-list links of the slabs.
@@ -360,54 +362,9 @@ unsafe impl Sync for Arena {}
 
 impl Arena {
     fn new(slabs: u32) -> io::Result<Arena> {
-        let len = slabs as usize * SLAB_SIZE;
-        // SAFETY: valid NUL-terminated name and flags; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"ovfs-cache".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain syscall on a valid fd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain syscall on a valid fd; the seals only forbid size changes.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new shared mapping of the whole (sealed) file; the kernel
-        // picks the address, so nothing existing is replaced.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let map = SharedMap::new(c"ovfs-cache", slabs as usize * SLAB_SIZE, true)?;
         let links = |n: usize| (0..n).map(|_| AtomicU32::new(NIL)).collect();
-        Ok(Arena {
-            fd,
-            base,
-            len,
-            block_next: links(slabs as usize * MAX_PER_SLAB as usize),
-            slab_next: links(slabs as usize),
-        })
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: base/len is the mapping made in Arena::new; the arena is
-        // dropped only with the pool, after every Block (each holds the pool).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        Ok(Arena { map, block_next: links(slabs as usize * MAX_PER_SLAB as usize), slab_next: links(slabs as usize) })
     }
 }
 
@@ -547,11 +504,11 @@ impl Inner {
 
     fn block_ptr(&self, index: u32, class: SizeClass) -> NonNull<u8> {
         let (arena, offset) = self.locate(index, class);
-        debug_assert!(offset + class.size() <= arena.len);
+        debug_assert!(offset + class.size() <= arena.map.len());
         // SAFETY: offset + class size lies within the arena's mapping (slab
         // and block numbers are bounded by construction), so the result stays
         // inside the same allocation and is non-null.
-        unsafe { NonNull::new_unchecked(arena.base.as_ptr().add(offset)) }
+        unsafe { NonNull::new_unchecked(arena.map.base().as_ptr().add(offset)) }
     }
 
     /// A free block index of `class` (bytes already reserved).
@@ -599,7 +556,7 @@ impl Inner {
         let slabs = self.slabs_per_arena.min(self.total_slabs - first);
         match Arena::new(slabs) {
             Ok(arena) => {
-                self.committed.fetch_add(arena.len, Ordering::AcqRel);
+                self.committed.fetch_add(arena.map.len(), Ordering::AcqRel);
                 if self.arenas[a].set(arena).is_err() {
                     unreachable!("arena index reserved twice");
                 }
@@ -670,6 +627,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;

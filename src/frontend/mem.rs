@@ -8,14 +8,16 @@
 //! values read back from the rings come from another process and are untrusted.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
+
+use crate::memfd::SharedMap;
 
 /// A shared, bounds-checked mapping of a memfd.
 pub struct GuestMem {
+    map: SharedMap,
     ptr: *mut u8,
     len: usize,
-    fd: OwnedFd,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this struct; all access
@@ -32,33 +34,8 @@ impl GuestMem {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty guest memory"));
         }
-        // SAFETY: memfd_create with a valid NUL-terminated name; returns a new fd or -1.
-        let raw = unsafe { libc::memfd_create(c"ovfs-frontend-guest".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a freshly created descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new shared mapping of `len` bytes of our memfd at an address
-        // the kernel picks; it does not alias any Rust object.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(GuestMem { ptr: ptr.cast(), len, fd })
+        let map = SharedMap::new(c"ovfs-frontend-guest", len, false)?;
+        Ok(GuestMem { ptr: map.base().as_ptr(), len, map })
     }
 
     pub fn len(&self) -> usize {
@@ -71,7 +48,7 @@ impl GuestMem {
 
     /// The memfd (for SET_MEM_TABLE).
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.map.fd()
     }
 
     /// Front-end virtual address of guest address `gpa` (ring addresses in
@@ -132,13 +109,5 @@ impl GuestMem {
         let mut b = [0u8; 4];
         self.read(off, &mut b)?;
         Ok(u32::from_le_bytes(b))
-    }
-}
-
-impl Drop for GuestMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in `new`; no reference
-        // into it outlives `self` (accessors only copy).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }

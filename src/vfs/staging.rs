@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 /// The bytes of one file, held in a memfd.
@@ -32,14 +32,7 @@ pub struct Staged {
 impl Staged {
     /// An empty staging file.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: the name is a valid NUL-terminated string and the flags are
-        // valid; the returned fd (checked below) is owned by nobody else.
-        let fd = unsafe { libc::memfd_create(c"ovfs-staging".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own exclusively.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = File::from(crate::memfd::create(c"ovfs-staging", false)?);
         Ok(Staged { file, size: 0, pins: 0, pinned_len: 0 })
     }
 
