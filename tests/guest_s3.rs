@@ -305,7 +305,7 @@ fn guest_s3_semantics() {
 
 /// The host side of s3-external.sh: waits for `req-N`, makes change N,
 /// PUTs `ack-N`. Returns, per change, the time from seeing the request to
-/// the ack being written.
+/// the change being made (its reaction time).
 fn external_writer(c: S3Client, p: &'static str, done: Arc<AtomicBool>) -> Vec<(u32, Duration)> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(BOOT_TIMEOUT_S as u64);
@@ -327,9 +327,10 @@ fn external_writer(c: S3Client, p: &'static str, done: Arc<AtomicBool>) -> Vec<(
             3 => c.put(&format!("{p}ext-over"), &yes("ovfs-new", 3000), &[]),
             _ => c.put(&format!("{p}ext-same"), &yes("ovfs-NEW", 1000), &[]),
         }
+        let reaction = t.elapsed();
         let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
         c.put(&format!("{p}ack-{n}"), format!("{ms}\n").as_bytes(), &[]);
-        out.push((n, t.elapsed()));
+        out.push((n, reaction));
     }
     out
 }
@@ -353,11 +354,14 @@ fn guest_s3_external_writer() {
         std::thread::spawn(move || external_writer(c, P, done))
     };
     let mut d = ovfs(&w, "ext", &config);
-    let b = boot(&w, "ext", &initrd, "ovfs.ttl=1", &d);
+    // The guest's own limit is loose (its from_req includes the host's
+    // reaction time, which a loaded machine stretches); the bound is judged
+    // below, with the reaction taken out.
+    let b = boot(&w, "ext", &initrd, "ovfs.ttl=1 ovfs.limit=8", &d);
     done.store(true, Ordering::Relaxed);
     let host = writer.join().expect("writer thread");
     for (n, t) in &host {
-        eprintln!("[{}] host: change {n}: request seen -> change + ack written in {}", w.name, secs(*t));
+        eprintln!("[{}] host: change {n}: request seen -> change made in {}", w.name, secs(*t));
     }
     for l in b.tagged("DELAY ").into_iter().chain(b.tagged("INFO ")) {
         eprintln!("[{}] guest {l}", w.name);
@@ -386,7 +390,11 @@ fn guest_s3_external_writer() {
     );
     d.expect_exit_after_disconnect();
 
-    // the guest's bound, judged again here: from_req <= TTL + 1 s for the three judged changes
+    // The bound, judged here: the change was made `reaction` after the host
+    // saw the request, which was after the guest's t_req, so the true delay
+    // (change made -> seen in the guest) is at most from_req - reaction; it
+    // must be <= TTL + 1 s = 2 s for the three judged changes.
+    let reaction: BTreeMap<u32, f64> = host.iter().map(|(n, t)| (*n, t.as_secs_f64())).collect();
     let delays: BTreeMap<String, (f64, f64)> = b
         .tagged("DELAY ")
         .iter()
@@ -396,11 +404,14 @@ fn guest_s3_external_writer() {
             Some((f.get(1)?.to_string(), (v("from_req=")?, v("from_ack=")?)))
         })
         .collect();
-    for what in ["new", "del", "over"] {
+    for (n, what) in [(1, "new"), (2, "del"), (3, "over")] {
         let dl = delays.get(what);
+        let r = reaction.get(&n).copied();
+        let bound = dl.zip(r).map(|((req, _), r)| req - r);
+        eprintln!("[{}] {what}: visible at most {bound:?} s after the change (from_req, from_ack {dl:?}, host reaction {r:?} s)", w.name);
         assert!(
-            dl.is_some_and(|(req, ack)| *req <= 2.0 && ack <= req),
-            "[{}] DELAY {what}: {dl:?} (from_req must be <= 2.0 s = TTL + 1 s)\n{}",
+            dl.is_some_and(|(req, ack)| ack <= req) && bound.is_some_and(|b| b <= 2.0),
+            "[{}] DELAY {what}: {dl:?}, host reaction {r:?} s: from_req - reaction must be <= 2.0 s = TTL + 1 s\n{}",
             w.name,
             b.context()
         );

@@ -15,7 +15,9 @@
 # other bytes: only the mtime tells the kernel; measured, reported as INFO, not judged).
 # The change happens after t_req and before ack-N exists, so
 #   from_ack = t_seen - t_ack  <=  true delay  <=  from_req = t_seen - t_req.
-# from_req is the bound that is judged: PASS ext-N-visible if from_req <= LIMIT (TTL + 1 s).
+# from_req is the bound the guest judges: PASS ext-N-visible if from_req <= LIMIT (TTL + 1 s).
+# (tests/guest_s3.rs passes a loose LIMIT and judges from_req minus the host's reaction time,
+# request seen -> change made, which is still an upper bound of the true delay.)
 # Prints per change: `DELAY <what> from_req=<s> from_ack=<s> polls=<n>` and PASS/FAIL lines.
 # Times are the guest's /proc/uptime (10 ms resolution).
 # Tunables: ovfs.ttl=SECS (default 1), ovfs.limit=SECS (default TTL + 1), ovfs.maxwait=SECS
