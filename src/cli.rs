@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backend::Backend;
 use crate::cache::{BlockCache, CacheConfig, Pool};
-use crate::config::{Config, StorageSettings};
+use crate::config::{Config, MountSettings, StorageSettings};
 use crate::fuse::{Server, ServerOptions};
 use crate::kata;
 use crate::metrics;
@@ -30,6 +30,7 @@ use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
 use crate::vfs::mounts::{Mount, MountFs, MountPoint};
 use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
+use crate::vfs::table::MountTable;
 use crate::vfs::{ObjectFs, ObjectFsOptions};
 
 /// Exit status for bad configuration or usage.
@@ -404,6 +405,7 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
         let mut options = std::collections::BTreeMap::new();
         options.insert("root".to_string(), root.to_string());
         cfg.storage_settings = StorageSettings { service: "fs".into(), options };
+        cfg.has_root_storage = true;
     }
     if let Some(policy) = c.cache {
         cfg.cache_settings.attr_timeout = policy.ttl();
@@ -417,6 +419,60 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
     let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
     observe_fs("root", &fs, &backend);
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
+}
+
+/// The server of a [`MountTable`] (reach the table with `filesystem()`).
+pub type MountServer = Server<MountTable<ObjectFs, ObjectFs>>;
+
+/// Back-ends to check in the background, each with a label for the log.
+pub type Backends = Vec<(String, Backend)>;
+
+/// The file system for a configuration with `[[mounts]]`: a
+/// [`MountTable`] whose root is the top-level `[storage_settings]` if the
+/// file has one, else a synthetic read-only directory, with each mount an
+/// [`ObjectFs`] of its own (own back-end, timeouts, retries, cache, metrics
+/// label = its path). Returns the back-ends to check, labelled.
+pub fn build_mount_table(cfg: &Config) -> Result<(Arc<MountServer>, Backends), String> {
+    let mut backends = Vec::new();
+    let root = if cfg.has_root_storage {
+        let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
+        observe_fs("root", &fs, &backend);
+        backends.push(("storage_settings".to_string(), backend));
+        Some(fs)
+    } else {
+        None
+    };
+    let table = MountTable::new(root);
+    for m in &cfg.mounts {
+        let (fs, backend) = build_mount(cfg, m)?;
+        table.add_mount(&m.path, fs, m.read_only)?;
+        backends.push((format!("mount {}", m.path), backend));
+    }
+    Ok((Arc::new(Server::new(table, ServerOptions::default())), backends))
+}
+
+/// One `[[mounts]]` entry's file system (for [`MountTable::add_mount`]),
+/// published in the metrics under its path. No network I/O.
+pub fn build_mount(cfg: &Config, m: &MountSettings) -> Result<(ObjectFs, Backend), String> {
+    let (fs, backend) =
+        build_object_fs(&m.storage_settings, &cfg.for_mount(m)).map_err(|e| format!("mount {}: {e}", m.path))?;
+    observe_fs(&m.path, &fs, &backend);
+    Ok((fs, backend))
+}
+
+/// The request handler for the object-store modes (not `--shared-dir`):
+/// one [`ObjectFs`], or a [`MountTable`] with `[[mounts]]`. Returns the
+/// back-ends to check, labelled.
+pub fn build_handler(cfg: &Config) -> Result<(Arc<dyn RequestHandler>, Backends), String> {
+    if cfg.mounts.is_empty() {
+        let (server, backend) = build_server(cfg)?;
+        return Ok((server, vec![("storage_settings".to_string(), backend)]));
+    }
+    let (server, backends) = build_mount_table(cfg)?;
+    for m in &cfg.mounts {
+        tracing::info!(path = %m.path, scheme = %m.storage_settings.service, read_only = m.read_only, "mount configured");
+    }
+    Ok((server, backends))
 }
 
 /// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
@@ -568,6 +624,9 @@ pub fn build_passthrough(
     let fs = PassthroughFs::new(dir, opts)
         .map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?
         .with_dax_policy(cfg.socket_settings.dax_policy.clone());
+    if !cfg.mounts.is_empty() {
+        tracing::warn!("[[mounts]] are not served with --shared-dir (a passthrough tree); ignored");
+    }
     let mounts = kata_mounts(c, cfg, rt);
     if mounts.is_empty() {
         return Ok(Arc::new(Server::new(fs, ServerOptions::default())));
@@ -663,17 +722,26 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
             }
         }
     } else {
-        let (server, backend) = match build_server(cfg) {
+        let (server, backends) = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
                 return EXIT_CONFIG;
             }
         };
-        // Fail fast on an unusable back-end before mounting.
-        if let Err(e) = rt.block_on(backend.check()) {
-            eprintln!("ovfs: back-end check failed: {e}");
-            return EXIT_CONFIG;
+        if cfg.mounts.is_empty() {
+            // Fail fast on an unusable back-end before mounting.
+            for (_, backend) in &backends {
+                if let Err(e) = rt.block_on(backend.check()) {
+                    eprintln!("ovfs: back-end check failed: {e}");
+                    return EXIT_CONFIG;
+                }
+            }
+        } else {
+            // With several mounts one that is down must not stop the others.
+            for (what, b) in backends {
+                check_later(rt.handle(), what, b);
+            }
         }
         server
     };
@@ -741,7 +809,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             }
         }
     } else {
-        let (server, b) = match build_server(cfg) {
+        let (server, backends) = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -750,7 +818,9 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         };
         // No back-end round trip before accepting (VMMs and Kata give little
         // time): check reachability in the background and log the outcome.
-        check_later(rt.handle(), "storage_settings".into(), b);
+        for (what, b) in backends {
+            check_later(rt.handle(), what, b);
+        }
         server
     };
     let handler = match with_metrics(c, handler, rt) {
