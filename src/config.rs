@@ -1119,4 +1119,77 @@ secret_access_key = "adminsecret"
             assert!(e.contains("part_size") && !e.contains('\n'), "{bad}: {e}");
         }
     }
+    #[test]
+    fn mounts_inherit_and_override_key_by_key() {
+        let text = r#"
+[cache_settings]
+attr_timeout = "5s"
+memory_limit = "64MiB"
+[backend_settings]
+timeout = "20s"
+retry_max_times = 7
+
+[[mounts]]
+path = "/data"
+[mounts.storage_settings]
+type = "memory"
+[mounts.backend_settings]
+timeout = "3s"
+[mounts.cache_settings]
+entry_timeout = "9s"
+
+[[mounts]]
+path = "/a/b"
+read_only = true
+[mounts.storage_settings]
+type = "s3"
+bucket = "b"
+region = "r"
+secret_access_key = "adminsecret"
+"#;
+        let cfg = Config::parse(text).expect("parses");
+        assert!(!cfg.has_root_storage);
+        assert_eq!(cfg.mounts.len(), 2);
+        let (d, ab) = (&cfg.mounts[0], &cfg.mounts[1]);
+        assert_eq!((d.path.as_str(), d.read_only), ("/data", false));
+        assert_eq!(d.backend_settings.timeout, Duration::from_secs(3), "its own key");
+        assert_eq!(d.backend_settings.retry_max_times, 7, "the top-level key");
+        assert_eq!(d.cache_settings.entry_timeout, Duration::from_secs(9));
+        assert_eq!(d.cache_settings.attr_timeout, Duration::from_secs(5));
+        assert_eq!(d.cache_settings.memory_limit, 64 << 20);
+        assert_eq!((ab.path.as_str(), ab.read_only), ("/a/b", true));
+        assert_eq!(ab.storage_settings.service, "s3");
+        assert_eq!(ab.backend_settings, cfg.backend_settings);
+        assert_eq!(ab.cache_settings, cfg.cache_settings);
+        let m = cfg.for_mount(ab);
+        assert_eq!(m.storage_settings, ab.storage_settings);
+        assert!(m.mounts.is_empty());
+        assert_no_secret(&format!("{cfg:?}"));
+        // A top-level storage section is the root.
+        let cfg = Config::parse(&format!("[storage_settings]\ntype = \"memory\"\n{text}")).unwrap();
+        assert!(cfg.has_root_storage);
+        // Without mounts nothing changes.
+        let cfg = Config::parse(EXAMPLE).unwrap();
+        assert!(cfg.mounts.is_empty());
+    }
+
+    #[test]
+    fn bad_mount_entries() {
+        let mem = "[mounts.storage_settings]\ntype = \"memory\"\n";
+        for (text, want) in [
+            ("mounts = 3\n".to_string(), "mounts: expected an array"),
+            (format!("[[mounts]]\npath = \"/x\"\n{mem}[mounts.backend_settings]\ntimeout = 0\n"), "mounts.0.backend_settings.timeout"),
+            (format!("[[mounts]]\npath = \"/x\"\nread_only = \"yes\"\n{mem}"), "mounts.0.read_only"),
+            (format!("[[mounts]]\npath = \"/x//y\"\n{mem}"), "mounts.0.path"),
+            (format!("[[mounts]]\npath = \"/x/./y\"\n{mem}"), "mounts.0.path"),
+            (format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}[[mounts]]\npath = \"/ab/c\"\n{mem}"), "nested"),
+            (format!("[[mounts]]\n{mem}"), "missing required key `path`"),
+            (format!("[[mounts]]\npath = \"/x\"\n[mounts.storage_settings]\ntype = \"nosuch\"\n"), "[mounts.0.storage_settings]"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // Siblings that share a prefix are not nested.
+        Config::parse(&format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}")).unwrap();
+    }
 }
