@@ -1184,7 +1184,7 @@ secret_access_key = "adminsecret"
             (format!("[[mounts]]\npath = \"/x/./y\"\n{mem}"), "mounts.0.path"),
             (format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}[[mounts]]\npath = \"/ab/c\"\n{mem}"), "nested"),
             (format!("[[mounts]]\n{mem}"), "missing required key `path`"),
-            (format!("[[mounts]]\npath = \"/x\"\n[mounts.storage_settings]\ntype = \"nosuch\"\n"), "[mounts.0.storage_settings]"),
+            ("[[mounts]]\npath = \"/x\"\n[mounts.storage_settings]\ntype = \"nosuch\"\n".to_string(), "[mounts.0.storage_settings]"),
         ] {
             let e = err(&text);
             assert!(e.contains(want), "{text}: {e}");
