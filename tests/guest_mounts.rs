@@ -1,7 +1,9 @@
 //! Several mounts with isolated failures (issue 8, acceptance 1): a real
-//! Linux guest (QEMU TCG) mounts one ovfs daemon serving three `[[mounts]]`
+//! Linux guest (QEMU TCG) mounts one ovfs daemon serving four `[[mounts]]`
 //! under a synthetic root: `/s3` on SeaweedFS, `/fs` on a host directory,
-//! `/mem` in memory. While the guest works, this test stops SeaweedFS
+//! `/mem` in memory, and `/hang`, an S3 endpoint that accepts connections
+//! and never answers (8 guest reads stall there until the mount's timeout
+//! while `/fs` and `/mem` are worked on; the reads end with EIO). While the guest works, this test stops SeaweedFS
 //! (`S3Server::pause`: connections refused, same port and data kept), then
 //! starts it again; the guest script `tests/guest/scripts/mounts.sh` checks
 //! that reads under `/s3` fail with EIO within the mount's configured
@@ -36,6 +38,9 @@ const PASSES: &[&str] = &[
     "mem-write",
     "root-readonly",
     "fs-mem-before",
+    "fs-mem-hang",
+    "hang-overlap",
+    "hang-eio-in-time",
     "s3-eio",
     "s3-eio-in-time",
     "s3-ls-eio",
@@ -50,7 +55,7 @@ const PASSES: &[&str] = &[
     "s3-back-readback",
 ];
 
-fn config(srv: &S3Server, fs_dir: &Path) -> String {
+fn config(srv: &S3Server, fs_dir: &Path, hang_port: u16) -> String {
     format!(
         r#"[cache_settings]
 attr_timeout = "1s"
@@ -86,6 +91,22 @@ attr_timeout = "0s"
 path = "/mem"
 [mounts.storage_settings]
 type = "memory"
+
+[[mounts]]
+path = "/hang"
+[mounts.storage_settings]
+type = "s3"
+bucket = "{BUCKET}"
+region = "{REGION}"
+endpoint = "http://127.0.0.1:{hang_port}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[mounts.backend_settings]
+timeout = "{S3_TIMEOUT_S}s"
+io_timeout = "2s"
+retry_max_times = 2
+retry_min_delay = "100ms"
+retry_max_delay = "500ms"
 "#,
         endpoint = srv.endpoint(),
         fs = fs_dir.display()
@@ -105,6 +126,19 @@ fn wait_file(p: &Path, stop: &AtomicBool, limit: Duration) -> bool {
     true
 }
 
+/// A TCP port that accepts connections and never answers (a hung server).
+fn blackhole() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    port
+}
+
 fn time_of(lines: &[String], name: &str) -> Option<f64> {
     let key = format!("TIME {name}=");
     lines.iter().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok())
@@ -121,7 +155,8 @@ fn guest_three_mounts_one_outage() {
     c.put("mounts/unread.txt", b"not read before the outage\n", &[]);
     c.put("mounts/dir/x", b"x\n", &[]);
     let fs_dir = w.share("fsmount");
-    let d = Daemon::ovfs_config(&w, "ovfs", &w.sock("fs.sock"), &config(&srv, &fs_dir), &[]);
+    let hang_port = blackhole();
+    let d = Daemon::ovfs_config(&w, "ovfs", &w.sock("fs.sock"), &config(&srv, &fs_dir, hang_port), &[]);
     let initrd = w.initramfs("mounts", "mounts.sh", &[]);
 
     // The host side of the outage, driven by files the guest makes in /fs.
@@ -149,14 +184,7 @@ fn guest_three_mounts_one_outage() {
         })
     };
     let o = BootOpts { timeout_s: 900, ..BootOpts::default() };
-    let boot = w.boot_with(
-        "boot",
-        &initrd,
-        &w.sock("fs.sock"),
-        &format!("ovfs.s3timeout={S3_TIMEOUT_S}"),
-        &d,
-        &o,
-    );
+    let boot = w.boot_with("boot", &initrd, &w.sock("fs.sock"), &format!("ovfs.s3timeout={S3_TIMEOUT_S}"), &d, &o);
     stop.store(true, Ordering::Relaxed);
     let host = host.join().expect("host thread");
     let passes: Vec<String> = PASSES.iter().map(|p| format!("PASS {p}")).collect();
@@ -174,12 +202,15 @@ fn guest_three_mounts_one_outage() {
     let t = |n| time_of(&lines, n).map_or("?".to_string(), |v| format!("{v:.2} s"));
     eprintln!(
         "[guest_three_mounts_one_outage] S3 stop took {:.1} s; outage window {:.1} s; EIO under /s3 after {} \
-         (configured timeout {S3_TIMEOUT_S} s); fs+mem work before the outage {}, during it {}; /s3 back after {}",
+         (configured timeout {S3_TIMEOUT_S} s); fs+mem work before the outage {}, during it {}, during 8 stalled reads on /hang {} \
+         (they failed with EIO after at most {}); /s3 back after {}",
         stopping.as_secs_f64(),
         outage.as_secs_f64(),
         t("s3-eio"),
         t("fs-mem-before"),
         t("fs-mem-outage"),
+        t("fs-mem-hang"),
+        t("hang-eio-max"),
         t("s3-back"),
     );
     drop(d);

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Guest side of tests/guest_mounts.rs: one daemon serves three [[mounts]] under a synthetic
-# root: /s3 (SeaweedFS), /fs (a host directory), /mem (memory). The host stops the S3 server
+# Guest side of tests/guest_mounts.rs: one daemon serves four [[mounts]] under a synthetic
+# root: /s3 (SeaweedFS), /fs (a host directory), /mem (memory), /hang (an S3 endpoint that
+# accepts connections and never answers: reads there stall until the mount's timeout while
+# fs and mem are worked on, TIME fs-mem-hang, TIME hang-eio-max). The host stops the S3 server
 # while the guest works; guest and host talk through files in the fs mount (the host sees
 # them in its directory):
 #   guest: checks all three mounts, then creates fs/ready-outage;
@@ -48,7 +50,7 @@ work() {
   [ $ok = 1 ]
 }
 
-eqv root-listing "$(ls "$M" | tr '\n' ' ')" "fs mem s3 "
+eqv root-listing "$(ls "$M" | tr '\n' ' ')" "fs hang mem s3 "
 eqv s3-before "$(cat "$M/s3/before.txt" 2>&1)" "hello from s3"
 eqv s3-listing "$(ls "$M/s3" | tr '\n' ' ')" "before.txt dir unread.txt "
 echo "written in fs" >"$M/fs/from-guest" && pass fs-write || fail fs-write "echo failed"
@@ -56,6 +58,30 @@ echo "written in mem" >"$M/mem/from-guest" && pass mem-write || fail mem-write "
 if echo x >"$M/newfile" 2>/dev/null; then fail root-readonly "created a file in the synthetic root"; else pass root-readonly; fi
 t=$(now); work "$M/fs" before && work "$M/mem" before && pass fs-mem-before || fail fs-mem-before "work failed"
 echo "TIME fs-mem-before=$(sub "$t" "$(now)")"
+
+# /hang: an S3 endpoint that accepts connections and never answers. 8 reads stall there
+# (each ends with EIO after the configured timeout) while fs and mem are worked on.
+t=$(now)
+for i in 1 2 3 4 5 6 7 8; do
+  (out=$(cat "$M/hang/f$i" 2>&1); echo "$(sub "$t" "$(now)") $out" >"/tmp/hang.$i") &
+done
+sleep 0.5
+t2=$(now); work "$M/fs" hang && work "$M/mem" hang && pass fs-mem-hang || fail fs-mem-hang "work failed"
+echo "TIME fs-mem-hang=$(sub "$t2" "$(now)")"
+done_early=$(ls /tmp | grep -c '^hang\.')
+eqv hang-overlap "$done_early" 0
+wait
+worst=0
+for i in 1 2 3 4 5 6 7 8; do
+  r=$(cat "/tmp/hang.$i")
+  case "$r" in
+    *"I/O error"*|*"Input/output error"*) ;;
+    *) fail hang-eio "read $i under /hang: '$r'" ;;
+  esac
+  worst=$(awk -v a="$worst" -v b="${r%% *}" 'BEGIN{print (b > a) ? b : a}')
+done
+echo "TIME hang-eio-max=$worst"
+if le "$worst" "$((S3T + 2))"; then pass hang-eio-in-time; else fail hang-eio-in-time "$worst s > $S3T s + 2"; fi
 
 : >"$M/fs/ready-outage"
 wait_for "$M/fs/outage-started" || exit 1
@@ -82,7 +108,7 @@ t=$(now); work "$M/fs" outage && work "$M/mem" outage && pass fs-mem-outage || f
 echo "TIME fs-mem-outage=$(sub "$t" "$(now)")"
 eqv fs-read-outage "$(cat "$M/fs/from-guest" 2>&1)" "written in fs"
 eqv mem-read-outage "$(cat "$M/mem/from-guest" 2>&1)" "written in mem"
-eqv root-listing-outage "$(ls "$M" | tr '\n' ' ')" "fs mem s3 "
+eqv root-listing-outage "$(ls "$M" | tr '\n' ' ')" "fs hang mem s3 "
 # still down after that work: it was done during the outage
 case "$(cat "$M/s3/unread.txt" 2>&1)" in
   *"I/O error"*|*"Input/output error"*) pass s3-still-down ;;
