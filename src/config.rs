@@ -1192,4 +1192,22 @@ secret_access_key = "adminsecret"
         // Siblings that share a prefix are not nested.
         Config::parse(&format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}")).unwrap();
     }
+    #[test]
+    fn webdav_and_http_services() {
+        let cfg = Config::parse(
+            "[storage_settings]\ntype = \"webdav\"\nendpoint = \"https://dav.example.com\"\nusername = \"u\"\npassword = \"adminsecret\"\nroot = \"/share\"\n",
+        )
+        .expect("webdav");
+        assert_eq!(cfg.storage_settings.service, "webdav");
+        assert_no_secret(&format!("{cfg:?}"));
+        let e = err("[storage_settings]\ntype = \"webdav\"\nroot = \"/x\"\n");
+        assert!(e.contains("webdav requires `endpoint`"), "{e}");
+        let e = err("[storage_settings]\ntype = \"webdav\"\nendpoint = \"http://x\"\nbukket = 1\n");
+        assert!(e.contains("unknown key `bukket`"), "{e}");
+        let cfg = Config::parse(
+            "[[mounts]]\npath = \"/www\"\nread_only = true\n[mounts.storage_settings]\ntype = \"http\"\nendpoint = \"https://example.com\"\nroot = \"/pub\"\n",
+        )
+        .expect("http");
+        assert_eq!(cfg.mounts[0].storage_settings.service, "http");
+    }
 }
