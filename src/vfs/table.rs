@@ -34,8 +34,8 @@
 //! exists there. Names on mount paths cannot be created, removed or renamed
 //! in the root (EEXIST / EBUSY).
 //!
-//! Locks: `snapshot` (RwLock) and `names` (Mutex) are never held together
-//! except `snapshot` then `names` in `remove_mount`; neither across `.await`.
+//! Locks: `snapshot` (RwLock) and `names` (Mutex) are never held together,
+//! nor across `.await`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
