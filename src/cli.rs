@@ -460,19 +460,30 @@ pub fn build_mount(cfg: &Config, m: &MountSettings) -> Result<(ObjectFs, Backend
     Ok((fs, backend))
 }
 
+/// What [`build_handler`] made.
+pub struct Built {
+    /// What the transport serves.
+    pub handler: Arc<dyn RequestHandler>,
+    /// Back-ends to check in the background, labelled.
+    pub backends: Backends,
+    /// With `[[mounts]]`: the server of the mount table, for runtime changes
+    /// (`mounts.filesystem().add_mount(..)` / `remove_mount(..)`, with
+    /// [`build_mount`] making a new mount's file system).
+    pub mounts: Option<Arc<MountServer>>,
+}
+
 /// The request handler for the object-store modes (not `--shared-dir`):
-/// one [`ObjectFs`], or a [`MountTable`] with `[[mounts]]`. Returns the
-/// back-ends to check, labelled.
-pub fn build_handler(cfg: &Config) -> Result<(Arc<dyn RequestHandler>, Backends), String> {
+/// one [`ObjectFs`], or a [`MountTable`] with `[[mounts]]`.
+pub fn build_handler(cfg: &Config) -> Result<Built, String> {
     if cfg.mounts.is_empty() {
         let (server, backend) = build_server(cfg)?;
-        return Ok((server, vec![("storage_settings".to_string(), backend)]));
+        return Ok(Built { handler: server, backends: vec![("storage_settings".to_string(), backend)], mounts: None });
     }
     let (server, backends) = build_mount_table(cfg)?;
     for m in &cfg.mounts {
         tracing::info!(path = %m.path, scheme = %m.storage_settings.service, read_only = m.read_only, "mount configured");
     }
-    Ok((server, backends))
+    Ok(Built { handler: server.clone(), backends, mounts: Some(server) })
 }
 
 /// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
@@ -722,7 +733,7 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
             }
         }
     } else {
-        let (server, backends) = match build_handler(cfg) {
+        let Built { handler: server, backends, .. } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -809,7 +820,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             }
         }
     } else {
-        let (server, backends) = match build_handler(cfg) {
+        let Built { handler: server, backends, .. } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");

@@ -18,7 +18,9 @@
 //! replace an immutable snapshot behind a `RwLock<Arc<..>>`; a request clones
 //! the `Arc` and drops the lock at once (never held across `.await`), so a
 //! request in flight on a removed mount finishes on it, and the guest
-//! connection is never touched.
+//! connection is never touched. A removed mount still takes FLUSH, FSYNC,
+//! RELEASE, RELEASEDIR and FORGET, so files open at the removal are uploaded
+//! at close (durability); everything else on it answers ESTALE.
 //!
 //! Failure isolation: each mount has its own back-end, so its timeouts and
 //! retries hold only its own requests. Requests are tasks (nothing global
@@ -80,6 +82,10 @@ impl<M> MountSlot<M> {
 struct Snapshot<M> {
     by_slot: BTreeMap<u64, Arc<MountSlot<M>>>,
     by_path: BTreeMap<String, u64>,
+    /// Removed mounts, still reachable for closing what the guest had open
+    /// (FLUSH, FSYNC, RELEASE, RELEASEDIR, FORGET) so that data written
+    /// before the removal still reaches the back-end at close.
+    removed: BTreeMap<u64, Arc<MountSlot<M>>>,
 }
 
 impl<M> Snapshot<M> {
@@ -167,7 +173,11 @@ impl<R: Filesystem, M: Filesystem> MountTable<R, M> {
         names.by_path.insert(String::new(), ROOT);
         MountTable {
             root,
-            snapshot: RwLock::new(Arc::new(Snapshot { by_slot: BTreeMap::new(), by_path: BTreeMap::new() })),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                by_slot: BTreeMap::new(),
+                by_path: BTreeMap::new(),
+                removed: BTreeMap::new(),
+            })),
             names: Mutex::new(names),
             next_slot: AtomicU64::new(1),
             max_inflight: DEFAULT_MOUNT_INFLIGHT,
@@ -239,22 +249,27 @@ impl<R: Filesystem, M: Filesystem> MountTable<R, M> {
         let mut by_path = g.by_path.clone();
         by_slot.insert(slot, m);
         by_path.insert(path.to_string(), slot);
-        *g = Arc::new(Snapshot { by_slot, by_path });
+        *g = Arc::new(Snapshot { by_slot, by_path, removed: g.removed.clone() });
         Ok(())
     }
 
-    /// Detach the mount at `path`; its node ids answer ESTALE from now on.
-    /// Requests already running on it finish. Returns it (the caller may
-    /// flush or drop it), or `None` if nothing is mounted there.
+    /// Detach the mount at `path`: it is gone from the tree and its node ids
+    /// answer ESTALE from now on, except FLUSH, FSYNC, RELEASE, RELEASEDIR
+    /// and FORGET, which still reach it so that files open at the removal
+    /// are uploaded and freed when the guest closes them (the file system is
+    /// kept for that until the daemon exits). Requests already running on it
+    /// finish. Returns it, or `None` if nothing is mounted there.
     pub fn remove_mount(&self, path: &str) -> Option<Arc<MountSlot<M>>> {
         let mut g = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
         let slot = *g.by_path.get(path)?;
         let mut by_slot = g.by_slot.clone();
         let mut by_path = g.by_path.clone();
+        let mut removed = g.removed.clone();
         by_path.remove(path);
-        let m = by_slot.remove(&slot);
-        *g = Arc::new(Snapshot { by_slot, by_path });
-        m
+        let m = by_slot.remove(&slot)?;
+        removed.insert(slot, m.clone());
+        *g = Arc::new(Snapshot { by_slot, by_path, removed });
+        Some(m)
     }
 
     fn route(&self, id: u64) -> Result<Route<M>> {
@@ -268,6 +283,19 @@ impl<R: Filesystem, M: Filesystem> MountTable<R, M> {
         }
         match self.snap().by_slot.get(&hi) {
             Some(m) => Ok(Route::Mount(m.clone(), local)),
+            None => Err(ESTALE),
+        }
+    }
+
+    /// Like `route`, but also to removed mounts (for closing handles).
+    fn route_closing(&self, id: u64) -> Result<Route<M>> {
+        let hi = id >> SHIFT;
+        if hi == 0 || id & LOCAL == 0 {
+            return self.route(id);
+        }
+        let snap = self.snap();
+        match snap.by_slot.get(&hi).or_else(|| snap.removed.get(&hi)) {
+            Some(m) => Ok(Route::Mount(m.clone(), id & LOCAL)),
             None => Err(ESTALE),
         }
     }
@@ -488,7 +516,7 @@ impl<R: Filesystem, M: Filesystem> Filesystem for MountTable<R, M> {
     }
 
     fn forget(&self, nodeid: u64, nlookup: u64) {
-        match self.route(nodeid) {
+        match self.route_closing(nodeid) {
             Ok(Route::Root(n)) => {
                 if let Some(r) = &self.root {
                     r.forget(n, nlookup)
@@ -636,12 +664,21 @@ impl<R: Filesystem, M: Filesystem> Filesystem for MountTable<R, M> {
     }
 
     async fn flush(&self, ctx: &Ctx, nodeid: u64, fh: u64) -> Result<()> {
-        by_node!(self, nodeid, |fs, n| fs.flush(ctx, n, fh), Ok(()))
+        match self.route_closing(nodeid)? {
+            Route::Root(n) => match &self.root {
+                Some(r) => r.flush(ctx, n, fh).await,
+                None => Ok(()),
+            },
+            Route::Mount(m, n) => {
+                let _p = self.admit(&m)?;
+                m.fs.flush(ctx, n, fh).await
+            }
+        }
     }
 
     async fn release(&self, ctx: &Ctx, nodeid: u64, fh: u64, flags: u32) -> Result<()> {
         // Never refused for the in-flight bound: the handle must be freed.
-        match self.route(nodeid)? {
+        match self.route_closing(nodeid)? {
             Route::Root(n) => match &self.root {
                 Some(r) => r.release(ctx, n, fh, flags).await,
                 None => Ok(()),
@@ -651,7 +688,16 @@ impl<R: Filesystem, M: Filesystem> Filesystem for MountTable<R, M> {
     }
 
     async fn fsync(&self, ctx: &Ctx, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
-        by_node!(self, nodeid, |fs, n| fs.fsync(ctx, n, fh, datasync), Ok(()))
+        match self.route_closing(nodeid)? {
+            Route::Root(n) => match &self.root {
+                Some(r) => r.fsync(ctx, n, fh, datasync).await,
+                None => Ok(()),
+            },
+            Route::Mount(m, n) => {
+                let _p = self.admit(&m)?;
+                m.fs.fsync(ctx, n, fh, datasync).await
+            }
+        }
     }
 
     async fn opendir(&self, ctx: &Ctx, nodeid: u64, flags: u32) -> Result<(u64, u32)> {
@@ -713,7 +759,7 @@ impl<R: Filesystem, M: Filesystem> Filesystem for MountTable<R, M> {
     }
 
     async fn releasedir(&self, ctx: &Ctx, nodeid: u64, fh: u64) -> Result<()> {
-        match self.route(nodeid)? {
+        match self.route_closing(nodeid)? {
             Route::Root(n) => match &self.root {
                 Some(r) => r.releasedir(ctx, n, fh).await,
                 None => Ok(()),
@@ -936,8 +982,19 @@ mod tests {
         put(&t, z.nodeid, b"g", b"z").await.unwrap();
         assert_eq!(t.getattr(&ctx(), f, None).await.unwrap().0.size, 3);
 
+        // A file open across the removal.
+        let (o, ofh, _) = t.create(&ctx(), x.nodeid, b"open", 0o644, libc::O_RDWR as u32, 0).await.unwrap();
+        assert_eq!(t.write(&ctx(), o.nodeid, ofh, 0, b"pending", 0).await.unwrap(), 7);
+
         // Removed: its ids are stale, the path is gone, the others serve.
         let gone = t.remove_mount("/x").expect("was mounted");
+        assert_eq!(t.write(&ctx(), o.nodeid, ofh, 7, b"more", 0).await.unwrap_err(), ESTALE);
+        // ... but closing still reaches it: the data written before is uploaded.
+        t.flush(&ctx(), o.nodeid, ofh).await.unwrap();
+        t.release(&ctx(), o.nodeid, ofh, 0).await.unwrap();
+        t.forget(o.nodeid, 1);
+        let e = gone.fs.lookup(&ctx(), ROOT, b"open").await.unwrap();
+        assert_eq!(e.attr.size, 7, "uploaded at close after the removal");
         assert_eq!(gone.path, "/x");
         assert!(t.remove_mount("/x").is_none());
         assert_eq!(t.getattr(&ctx(), f, None).await.unwrap_err(), ESTALE);
