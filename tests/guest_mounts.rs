@@ -145,10 +145,10 @@ fn time_of(lines: &[String], name: &str) -> Option<f64> {
 }
 
 #[test]
-fn guest_three_mounts_one_outage() {
+fn guest_mounts_isolated_outage() {
     let _g = serial();
     guest::require_guest_deps();
-    let w = Work::new("guest_three_mounts_one_outage", "guest-mounts");
+    let w = Work::new("guest_mounts_isolated_outage", "guest-mounts");
     let srv = Arc::new(S3Server::start());
     let c = srv.client();
     c.put("mounts/before.txt", b"hello from s3\n", &[]);
@@ -201,7 +201,7 @@ fn guest_three_mounts_one_outage() {
     let lines: Vec<String> = boot.lines().map(str::to_string).collect();
     let t = |n| time_of(&lines, n).map_or("?".to_string(), |v| format!("{v:.2} s"));
     eprintln!(
-        "[guest_three_mounts_one_outage] S3 stop took {:.1} s; outage window {:.1} s; EIO under /s3 after {} \
+        "[guest_mounts_isolated_outage] S3 stop took {:.1} s; outage window {:.1} s; EIO under /s3 after {} \
          (configured timeout {S3_TIMEOUT_S} s); fs+mem work before the outage {}, during it {}, during 8 stalled reads on /hang {} \
          (they failed with EIO after at most {}); /s3 back after {}",
         stopping.as_secs_f64(),
