@@ -153,3 +153,35 @@ mv mem/f a/fs/moved && echo "moved: $(cat a/fs/moved)" && ls mem | tr '\n' ' ' &
         text.lines().last().unwrap_or("")
     );
 }
+
+/// `[[mounts]]` inside a top-level `[storage_settings]` root (fs): the root
+/// stays writable, the mount point needs no directory in the root store, and
+/// names on mount paths are guarded.
+#[test]
+fn mounts_inside_a_storage_root() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[storage_settings]\ntype = \"fs\"\nroot = {:?}\n\n[[mounts]]\npath = \"/mem\"\n[mounts.storage_settings]\ntype = \"memory\"\n",
+        root.path().display().to_string()
+    );
+    let m = Mounted::start(&cfg);
+    let script = r#"
+set -u
+echo in-root > r && cat r
+echo in-mem > mem/f && cat mem/f
+mkdir mem 2>/dev/null && echo "mkdir mem ok" || echo "mkdir mem refused"
+mv r mem 2>/dev/null; ls mem | tr '\n' ' '; echo
+"#;
+    let out = bash(script, &m.mountpoint);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `mv r mem` moves across file systems (copy + unlink): r ends up in the mount.
+    let want = "in-root\nin-mem\nmkdir mem refused\nf r \n";
+    assert!(
+        out.status.success() && text == want,
+        "got:\n{text}\nwant:\n{want}\nstderr:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_text()
+    );
+    assert!(!root.path().join("mem").exists(), "the mount wrote into the root store");
+    assert!(!root.path().join("r").exists(), "moved out of the root store");
+}
