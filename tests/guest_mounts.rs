@@ -29,6 +29,9 @@ use s3::{S3Server, ACCESS_KEY, BUCKET, REGION, SECRET_KEY};
 
 /// The S3 mount's back-end timeout (whole operation, retries included).
 const S3_TIMEOUT_S: u64 = 4;
+/// The hung mount's timeout: longer, so that the fs and memory work surely
+/// runs while its reads are stalled (and each mount has its own policy).
+const HANG_TIMEOUT_S: u64 = 8;
 
 const PASSES: &[&str] = &[
     "root-listing",
@@ -102,7 +105,7 @@ endpoint = "http://127.0.0.1:{hang_port}"
 access_key_id = "{ACCESS_KEY}"
 secret_access_key = "{SECRET_KEY}"
 [mounts.backend_settings]
-timeout = "{S3_TIMEOUT_S}s"
+timeout = "{HANG_TIMEOUT_S}s"
 io_timeout = "2s"
 retry_max_times = 2
 retry_min_delay = "100ms"
@@ -184,7 +187,14 @@ fn guest_mounts_isolated_outage() {
         })
     };
     let o = BootOpts { timeout_s: 900, ..BootOpts::default() };
-    let boot = w.boot_with("boot", &initrd, &w.sock("fs.sock"), &format!("ovfs.s3timeout={S3_TIMEOUT_S}"), &d, &o);
+    let boot = w.boot_with(
+        "boot",
+        &initrd,
+        &w.sock("fs.sock"),
+        &format!("ovfs.s3timeout={S3_TIMEOUT_S} ovfs.hangtimeout={HANG_TIMEOUT_S}"),
+        &d,
+        &o,
+    );
     stop.store(true, Ordering::Relaxed);
     let host = host.join().expect("host thread");
     let passes: Vec<String> = PASSES.iter().map(|p| format!("PASS {p}")).collect();
@@ -203,7 +213,7 @@ fn guest_mounts_isolated_outage() {
     eprintln!(
         "[guest_mounts_isolated_outage] S3 stop took {:.1} s; outage window {:.1} s; EIO under /s3 after {} \
          (configured timeout {S3_TIMEOUT_S} s); fs+mem work before the outage {}, during it {}, during 8 stalled reads on /hang {} \
-         (they failed with EIO after at most {}); /s3 back after {}",
+         (they failed with EIO after at most {}, timeout {HANG_TIMEOUT_S} s); /s3 back after {}",
         stopping.as_secs_f64(),
         outage.as_secs_f64(),
         t("s3-eio"),
