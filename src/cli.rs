@@ -30,7 +30,7 @@ use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
 use crate::vfs::mounts::{Mount, MountFs, MountPoint};
 use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
-use crate::vfs::table::MountTable;
+use crate::vfs::table::{MountSlot, MountTable};
 use crate::vfs::{ObjectFs, ObjectFsOptions};
 
 /// Exit status for bad configuration or usage.
@@ -445,7 +445,7 @@ pub fn build_mount_table(cfg: &Config) -> Result<(Arc<MountServer>, Backends), S
     let table = MountTable::new(root);
     for m in &cfg.mounts {
         let (fs, backend) = build_mount(cfg, m)?;
-        table.add_mount(&m.path, fs, m.read_only)?;
+        observe_mount(&table.add_mount(&m.path, fs, m.read_only)?);
         backends.push((format!("mount {}", m.path), backend));
     }
     Ok((Arc::new(Server::new(table, ServerOptions::default())), backends))
@@ -470,6 +470,25 @@ pub struct Built {
     /// (`mounts.filesystem().add_mount(..)` / `remove_mount(..)`, with
     /// [`build_mount`] making a new mount's file system).
     pub mounts: Option<Arc<MountServer>>,
+}
+
+/// Publish a mount's requests in flight and the requests it refused at its
+/// bound (see [`MountTable`]) in the metrics, labelled with its path.
+pub fn observe_mount(slot: &Arc<MountSlot<ObjectFs>>) {
+    let m = metrics::global();
+    let labels = format!("mount=\"{}\"", metrics::escape(&slot.path));
+    let s = slot.clone();
+    m.gauge("ovfs_mount_inflight", "Requests in flight on a [[mounts]] entry.", "gauge", &labels, move || {
+        s.inflight() as f64
+    });
+    let s = slot.clone();
+    m.gauge(
+        "ovfs_mount_refused_total",
+        "Requests answered EIO because the mount had too many in flight.",
+        "counter",
+        &labels,
+        move || s.refused() as f64,
+    );
 }
 
 /// The request handler for the object-store modes (not `--shared-dir`):
@@ -928,6 +947,31 @@ mod tests {
             let args: Vec<std::ffi::OsString> = bad.iter().map(|a| a.into()).collect();
             assert!(expand_legacy_options(args).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mount_table_from_config_with_metrics() {
+        let cfg = Config::parse(
+            "[[mounts]]\npath = \"/metrics-a\"\n[mounts.storage_settings]\ntype = \"memory\"\n\
+             [[mounts]]\npath = \"/metrics-b\"\nread_only = true\n[mounts.storage_settings]\ntype = \"memory\"\n",
+        )
+        .unwrap();
+        let built = build_handler(&cfg).unwrap();
+        let table = built.mounts.expect("a mount table");
+        let paths: Vec<String> = table.filesystem().mounts().iter().map(|m| m.path.clone()).collect();
+        assert_eq!(paths, ["/metrics-a", "/metrics-b"]);
+        assert!(table.filesystem().root().is_none(), "no [storage_settings]: synthetic root");
+        assert_eq!(built.backends.len(), 2);
+        let text = metrics::global().render();
+        for line in [
+            "ovfs_mount_inflight{mount=\"/metrics-a\"} 0",
+            "ovfs_mount_refused_total{mount=\"/metrics-b\"} 0",
+            "ovfs_backend_calls_total{mount=\"/metrics-a\"",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // Without mounts: one file system, no table.
+        assert!(build_handler(&Config::default_memory()).unwrap().mounts.is_none());
     }
 
     #[test]

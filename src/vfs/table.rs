@@ -71,10 +71,25 @@ pub struct MountSlot<M> {
     refused: AtomicU64,
 }
 
+impl<M> std::fmt::Debug for MountSlot<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountSlot")
+            .field("path", &self.path)
+            .field("slot", &self.slot)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
 impl<M> MountSlot<M> {
     /// Requests answered EIO because the mount had too many in flight.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Requests on this mount now (counted against its bound).
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
     }
 }
 
@@ -219,7 +234,7 @@ impl<R: Filesystem, M: Filesystem> MountTable<R, M> {
     /// Attach `fs` at `path` (absolute, normalized, as checked by the config).
     /// Refused if a mount is already at that path, inside it or above it, or
     /// no slot is left. Works while serving: new lookups find it.
-    pub fn add_mount(&self, path: &str, fs: M, read_only: bool) -> std::result::Result<(), String> {
+    pub fn add_mount(&self, path: &str, fs: M, read_only: bool) -> std::result::Result<Arc<MountSlot<M>>, String> {
         if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') || path.contains("//") {
             return Err(format!("mount path {path:?}: must be absolute and normalized"));
         }
@@ -247,10 +262,10 @@ impl<R: Filesystem, M: Filesystem> MountTable<R, M> {
         });
         let mut by_slot = g.by_slot.clone();
         let mut by_path = g.by_path.clone();
-        by_slot.insert(slot, m);
+        by_slot.insert(slot, m.clone());
         by_path.insert(path.to_string(), slot);
         *g = Arc::new(Snapshot { by_slot, by_path, removed: g.removed.clone() });
-        Ok(())
+        Ok(m)
     }
 
     /// Detach the mount at `path`: it is gone from the tree and its node ids
