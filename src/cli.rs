@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backend::Backend;
 use crate::cache::{BlockCache, CacheConfig, Pool};
-use crate::config::{Config, StorageSettings};
+use crate::config::{Config, MountSettings, StorageSettings};
 use crate::fuse::{Server, ServerOptions};
 use crate::kata;
 use crate::metrics;
@@ -30,6 +30,7 @@ use crate::transport::vhost_user::{self, Listen, VhostUserOptions};
 use crate::transport::RequestHandler;
 use crate::vfs::mounts::{Mount, MountFs, MountPoint};
 use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
+use crate::vfs::table::{MountSlot, MountTable};
 use crate::vfs::{ObjectFs, ObjectFsOptions};
 
 /// Exit status for bad configuration or usage.
@@ -404,6 +405,7 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
         let mut options = std::collections::BTreeMap::new();
         options.insert("root".to_string(), root.to_string());
         cfg.storage_settings = StorageSettings { service: "fs".into(), options };
+        cfg.has_root_storage = true;
     }
     if let Some(policy) = c.cache {
         cfg.cache_settings.attr_timeout = policy.ttl();
@@ -417,6 +419,90 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
     let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
     observe_fs("root", &fs, &backend);
     Ok((Arc::new(Server::new(fs, ServerOptions::default())), backend))
+}
+
+/// The server of a [`MountTable`] (reach the table with `filesystem()`).
+pub type MountServer = Server<MountTable<ObjectFs, ObjectFs>>;
+
+/// Back-ends to check in the background, each with a label for the log.
+pub type Backends = Vec<(String, Backend)>;
+
+/// The file system for a configuration with `[[mounts]]`: a
+/// [`MountTable`] whose root is the top-level `[storage_settings]` if the
+/// file has one, else a synthetic read-only directory, with each mount an
+/// [`ObjectFs`] of its own (own back-end, timeouts, retries, cache, metrics
+/// label = its path). Returns the back-ends to check, labelled.
+pub fn build_mount_table(cfg: &Config) -> Result<(Arc<MountServer>, Backends), String> {
+    let mut backends = Vec::new();
+    let root = if cfg.has_root_storage {
+        let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
+        observe_fs("root", &fs, &backend);
+        backends.push(("storage_settings".to_string(), backend));
+        Some(fs)
+    } else {
+        None
+    };
+    let table = MountTable::new(root);
+    for m in &cfg.mounts {
+        let (fs, backend) = build_mount(cfg, m)?;
+        observe_mount(&table.add_mount(&m.path, fs, m.read_only)?);
+        backends.push((format!("mount {}", m.path), backend));
+    }
+    Ok((Arc::new(Server::new(table, ServerOptions::default())), backends))
+}
+
+/// One `[[mounts]]` entry's file system (for [`MountTable::add_mount`]),
+/// published in the metrics under its path. No network I/O.
+pub fn build_mount(cfg: &Config, m: &MountSettings) -> Result<(ObjectFs, Backend), String> {
+    let (fs, backend) =
+        build_object_fs(&m.storage_settings, &cfg.for_mount(m)).map_err(|e| format!("mount {}: {e}", m.path))?;
+    observe_fs(&m.path, &fs, &backend);
+    Ok((fs, backend))
+}
+
+/// What [`build_handler`] made.
+pub struct Built {
+    /// What the transport serves.
+    pub handler: Arc<dyn RequestHandler>,
+    /// Back-ends to check in the background, labelled.
+    pub backends: Backends,
+    /// With `[[mounts]]`: the server of the mount table, for runtime changes
+    /// (`mounts.filesystem().add_mount(..)` / `remove_mount(..)`, with
+    /// [`build_mount`] making a new mount's file system).
+    pub mounts: Option<Arc<MountServer>>,
+}
+
+/// Publish a mount's requests in flight and the requests it refused at its
+/// bound (see [`MountTable`]) in the metrics, labelled with its path.
+pub fn observe_mount(slot: &Arc<MountSlot<ObjectFs>>) {
+    let m = metrics::global();
+    let labels = format!("mount=\"{}\"", metrics::escape(&slot.path));
+    let s = slot.clone();
+    m.gauge("ovfs_mount_inflight", "Requests in flight on a [[mounts]] entry.", "gauge", &labels, move || {
+        s.inflight() as f64
+    });
+    let s = slot.clone();
+    m.gauge(
+        "ovfs_mount_refused_total",
+        "Requests answered EIO because the mount had too many in flight.",
+        "counter",
+        &labels,
+        move || s.refused() as f64,
+    );
+}
+
+/// The request handler for the object-store modes (not `--shared-dir`):
+/// one [`ObjectFs`], or a [`MountTable`] with `[[mounts]]`.
+pub fn build_handler(cfg: &Config) -> Result<Built, String> {
+    if cfg.mounts.is_empty() {
+        let (server, backend) = build_server(cfg)?;
+        return Ok(Built { handler: server, backends: vec![("storage_settings".to_string(), backend)], mounts: None });
+    }
+    let (server, backends) = build_mount_table(cfg)?;
+    for m in &cfg.mounts {
+        tracing::info!(path = %m.path, scheme = %m.storage_settings.service, read_only = m.read_only, "mount configured");
+    }
+    Ok(Built { handler: server.clone(), backends, mounts: Some(server) })
 }
 
 /// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
@@ -568,6 +654,9 @@ pub fn build_passthrough(
     let fs = PassthroughFs::new(dir, opts)
         .map_err(|e| format!("--shared-dir {}: {e}", dir.display()))?
         .with_dax_policy(cfg.socket_settings.dax_policy.clone());
+    if !cfg.mounts.is_empty() {
+        tracing::warn!("[[mounts]] are not served with --shared-dir (a passthrough tree); ignored");
+    }
     let mounts = kata_mounts(c, cfg, rt);
     if mounts.is_empty() {
         return Ok(Arc::new(Server::new(fs, ServerOptions::default())));
@@ -663,17 +752,26 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
             }
         }
     } else {
-        let (server, backend) = match build_server(cfg) {
+        let Built { handler: server, backends, .. } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
                 return EXIT_CONFIG;
             }
         };
-        // Fail fast on an unusable back-end before mounting.
-        if let Err(e) = rt.block_on(backend.check()) {
-            eprintln!("ovfs: back-end check failed: {e}");
-            return EXIT_CONFIG;
+        if cfg.mounts.is_empty() {
+            // Fail fast on an unusable back-end before mounting.
+            for (_, backend) in &backends {
+                if let Err(e) = rt.block_on(backend.check()) {
+                    eprintln!("ovfs: back-end check failed: {e}");
+                    return EXIT_CONFIG;
+                }
+            }
+        } else {
+            // With several mounts one that is down must not stop the others.
+            for (what, b) in backends {
+                check_later(rt.handle(), what, b);
+            }
         }
         server
     };
@@ -741,7 +839,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             }
         }
     } else {
-        let (server, b) = match build_server(cfg) {
+        let Built { handler: server, backends, .. } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -750,7 +848,9 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         };
         // No back-end round trip before accepting (VMMs and Kata give little
         // time): check reachability in the background and log the outcome.
-        check_later(rt.handle(), "storage_settings".into(), b);
+        for (what, b) in backends {
+            check_later(rt.handle(), what, b);
+        }
         server
     };
     let handler = match with_metrics(c, handler, rt) {
@@ -847,6 +947,31 @@ mod tests {
             let args: Vec<std::ffi::OsString> = bad.iter().map(|a| a.into()).collect();
             assert!(expand_legacy_options(args).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mount_table_from_config_with_metrics() {
+        let cfg = Config::parse(
+            "[[mounts]]\npath = \"/metrics-a\"\n[mounts.storage_settings]\ntype = \"memory\"\n\
+             [[mounts]]\npath = \"/metrics-b\"\nread_only = true\n[mounts.storage_settings]\ntype = \"memory\"\n",
+        )
+        .unwrap();
+        let built = build_handler(&cfg).unwrap();
+        let table = built.mounts.expect("a mount table");
+        let paths: Vec<String> = table.filesystem().mounts().iter().map(|m| m.path.clone()).collect();
+        assert_eq!(paths, ["/metrics-a", "/metrics-b"]);
+        assert!(table.filesystem().root().is_none(), "no [storage_settings]: synthetic root");
+        assert_eq!(built.backends.len(), 2);
+        let text = metrics::global().render();
+        for line in [
+            "ovfs_mount_inflight{mount=\"/metrics-a\"} 0",
+            "ovfs_mount_refused_total{mount=\"/metrics-b\"} 0",
+            "ovfs_backend_calls_total{mount=\"/metrics-a\"",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // Without mounts: one file system, no table.
+        assert!(build_handler(&Config::default_memory()).unwrap().mounts.is_none());
     }
 
     #[test]

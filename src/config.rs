@@ -11,7 +11,13 @@
 //! - `[backend_settings]`: retry/timeout policy, the POSIX defaults shown
 //!   for objects that carry no mode/uid/gid metadata, and fault injection
 //!   (`inject_*` keys: for testing; off by default);
-//! - `[kata]`, `[profiles.NAME]`: Kata volumes (parsed by [`crate::kata`]).
+//! - `[kata]`, `[profiles.NAME]`: Kata volumes (parsed by [`crate::kata`]);
+//! - `[[mounts]]`: more back-ends attached at paths of the tree, each with
+//!   its own `[mounts.storage_settings]` and optional
+//!   `[mounts.cache_settings]` / `[mounts.backend_settings]` that override
+//!   the top-level sections key by key ([`MountSettings`]). With mounts and
+//!   no top-level `[storage_settings]`, the root is a small read-only
+//!   directory holding the mount points (see [`crate::vfs::table`]).
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
@@ -30,6 +36,8 @@ use toml::Value;
 pub const MAX_TAG_LEN: usize = 36;
 /// Maximum number of request queues accepted.
 pub const MAX_REQUEST_QUEUES: usize = 16;
+/// Maximum number of `[[mounts]]`.
+pub const MAX_MOUNTS: usize = 64;
 
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +48,24 @@ pub struct Config {
     pub backend_settings: BackendSettings,
     /// `[kata]` and `[profiles.*]` (see [`crate::kata`]).
     pub kata: crate::kata::KataConfig,
+    /// Whether the file had a top-level `[storage_settings]` (with mounts:
+    /// it is the root; without one the root is a synthetic directory).
+    pub has_root_storage: bool,
+    /// `[[mounts]]`, in file order.
+    pub mounts: Vec<MountSettings>,
+}
+
+/// One `[[mounts]]` entry, with the top-level cache and back-end settings
+/// already merged in (its own keys win, key by key).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountSettings {
+    /// Absolute, normalized (`/data`, `/a/b`; never `/`).
+    pub path: String,
+    pub storage_settings: StorageSettings,
+    pub cache_settings: CacheSettings,
+    pub backend_settings: BackendSettings,
+    /// Every change answers EROFS.
+    pub read_only: bool,
 }
 
 /// `[socket_settings]`.
@@ -286,6 +312,10 @@ impl Config {
         let cfg = Config::parse_unchecked(text)?;
         crate::backend::Backend::build(&cfg.storage_settings, &cfg.backend_settings)
             .map_err(|e| ConfigError::new(format!("[storage_settings] {}", e.message())))?;
+        for (i, m) in cfg.mounts.iter().enumerate() {
+            crate::backend::Backend::build(&m.storage_settings, &m.backend_settings)
+                .map_err(|e| ConfigError::new(format!("[mounts.{i}.storage_settings] {}", e.message())))?;
+        }
         Ok(cfg)
     }
 
@@ -297,6 +327,20 @@ impl Config {
             storage_settings: StorageSettings::default(),
             backend_settings: BackendSettings::default(),
             kata: crate::kata::KataConfig::default(),
+            has_root_storage: false,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// The configuration one mount is served with: the whole file with the
+    /// mount's storage, cache and back-end settings in place of the top-level ones.
+    pub fn for_mount(&self, m: &MountSettings) -> Config {
+        Config {
+            storage_settings: m.storage_settings.clone(),
+            cache_settings: m.cache_settings.clone(),
+            backend_settings: m.backend_settings.clone(),
+            mounts: Vec::new(),
+            ..self.clone()
         }
     }
 
@@ -311,7 +355,12 @@ impl Config {
         })?;
 
         let mut cfg = Config::default_memory();
+        let mut mounts = None;
         for (section, value) in doc {
+            if section == "mounts" {
+                mounts = Some(value);
+                continue;
+            }
             let table = match value {
                 Value::Table(t) => t,
                 _ => return Err(ConfigError::new(format!("`{section}` must be a section ([{section}])"))),
@@ -319,16 +368,23 @@ impl Config {
             match section.as_str() {
                 "socket_settings" => cfg.socket_settings = parse_socket(table)?,
                 "cache_settings" => cfg.cache_settings = parse_cache(table)?,
-                "storage_settings" => cfg.storage_settings = parse_storage(table)?,
+                "storage_settings" => {
+                    cfg.storage_settings = parse_storage(table)?;
+                    cfg.has_root_storage = true;
+                }
                 "backend_settings" => cfg.backend_settings = parse_backend(table)?,
                 "kata" => cfg.kata.parse_kata(table)?,
                 "profiles" => cfg.kata.parse_profiles(table)?,
                 _ => {
                     return Err(ConfigError::new(format!(
-                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles)"
+                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles, mounts)"
                     )))
                 }
             }
+        }
+        // After the top-level sections: mounts inherit them.
+        if let Some(v) = mounts {
+            cfg.mounts = parse_mounts(v, &cfg.cache_settings, &cfg.backend_settings)?;
         }
         Ok(cfg)
     }
@@ -497,8 +553,14 @@ fn parse_socket(t: toml::Table) -> Result<SocketSettings, ConfigError> {
 }
 
 fn parse_cache(t: toml::Table) -> Result<CacheSettings, ConfigError> {
-    const S: &str = "cache_settings";
-    let mut c = CacheSettings::default();
+    parse_cache_onto("cache_settings", CacheSettings::default(), t)
+}
+
+/// `t`'s keys on top of `base` (a mount's section over the top-level one).
+fn parse_cache_onto(section: &str, base: CacheSettings, t: toml::Table) -> Result<CacheSettings, ConfigError> {
+    #[allow(non_snake_case)]
+    let S = section;
+    let mut c = base;
     for (k, v) in &t {
         match k.as_str() {
             "enabled_cache" => c.enabled_cache = get_bool(S, k, v)?,
@@ -580,8 +642,14 @@ pub(crate) fn parse_storage_section(section: &str, t: toml::Table) -> Result<Sto
 }
 
 fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
-    const S: &str = "backend_settings";
-    let mut b = BackendSettings::default();
+    parse_backend_onto("backend_settings", BackendSettings::default(), t)
+}
+
+/// `t`'s keys on top of `base` (a mount's section over the top-level one).
+fn parse_backend_onto(section: &str, base: BackendSettings, t: toml::Table) -> Result<BackendSettings, ConfigError> {
+    #[allow(non_snake_case)]
+    let S = section;
+    let mut b = base;
     for (k, v) in &t {
         match k.as_str() {
             "timeout" => b.timeout = get_duration(S, k, v)?,
@@ -621,6 +689,106 @@ fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {
         return Err(ConfigError::new(format!("{S}.retry_min_delay: must not exceed retry_max_delay")));
     }
     Ok(b)
+}
+
+/// A mount path: absolute, normalized, not `/`, each component 1..=255
+/// bytes. Returned unchanged.
+fn check_mount_path(key: &str, p: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(format!("{key}: must be an absolute path such as \"/data\", got {p:?}")));
+    }
+    if p == "/" {
+        return Err(ConfigError::new(format!(
+            "{key}: must not be \"/\" (the root is [storage_settings] or a synthetic directory)"
+        )));
+    }
+    if p.contains('\0') {
+        return Err(ConfigError::new(format!("{key}: must not contain NUL")));
+    }
+    for c in p[1..].split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(ConfigError::new(format!(
+                "{key}: must be normalized (no empty, `.` or `..` component, no trailing `/`), got {p:?}"
+            )));
+        }
+        if c.len() > 255 {
+            return Err(ConfigError::new(format!("{key}: a component is longer than 255 bytes")));
+        }
+    }
+    Ok(p.to_string())
+}
+
+/// `[[mounts]]`: an array of tables, each with `path`, `read_only`,
+/// `storage_settings` (required) and optional `cache_settings` /
+/// `backend_settings` over the top-level ones.
+fn parse_mounts(v: Value, cache: &CacheSettings, backend: &BackendSettings) -> Result<Vec<MountSettings>, ConfigError> {
+    let Value::Array(list) = v else {
+        return Err(ConfigError::new(format!(
+            "mounts: expected an array of tables ([[mounts]]), found {}",
+            type_name(&v)
+        )));
+    };
+    if list.len() > MAX_MOUNTS {
+        return Err(ConfigError::new(format!("mounts: at most {MAX_MOUNTS} mounts, got {}", list.len())));
+    }
+    let mut out: Vec<MountSettings> = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        let s = format!("mounts.{i}");
+        let Value::Table(t) = item else {
+            return Err(ConfigError::new(format!("{s}: expected a table ([[mounts]]), found {}", type_name(&item))));
+        };
+        let mut path = None;
+        let mut read_only = false;
+        let mut storage = None;
+        let mut cache_t = None;
+        let mut backend_t = None;
+        for (k, v) in t {
+            match k.as_str() {
+                "path" => path = Some(check_mount_path(&format!("{s}.path"), &get_string(&s, &k, &v)?)?),
+                "read_only" => read_only = get_bool(&s, &k, &v)?,
+                "storage_settings" | "cache_settings" | "backend_settings" => {
+                    let Value::Table(sub) = v else {
+                        return Err(ConfigError::new(format!(
+                            "{s}.{k}: expected a section ([mounts.{k}]), found {}",
+                            type_name(&v)
+                        )));
+                    };
+                    match k.as_str() {
+                        "storage_settings" => storage = Some(parse_storage_section(&format!("{s}.{k}"), sub)?),
+                        "cache_settings" => cache_t = Some(sub),
+                        _ => backend_t = Some(sub),
+                    }
+                }
+                _ => return Err(unknown_key(&s, &k)),
+            }
+        }
+        let path = path.ok_or_else(|| ConfigError::new(format!("[{s}] missing required key `path`")))?;
+        let storage_settings = storage.ok_or_else(|| {
+            ConfigError::new(format!("[{s}] ({path}) missing required section [mounts.storage_settings]"))
+        })?;
+        let cache_settings = match cache_t {
+            Some(t) => parse_cache_onto(&format!("{s}.cache_settings"), cache.clone(), t)?,
+            None => cache.clone(),
+        };
+        let backend_settings = match backend_t {
+            Some(t) => parse_backend_onto(&format!("{s}.backend_settings"), backend.clone(), t)?,
+            None => backend.clone(),
+        };
+        for (j, o) in out.iter().enumerate() {
+            if o.path == path {
+                return Err(ConfigError::new(format!("{s}.path: {path} is also mounts.{j}.path")));
+            }
+            let (outer, inner) = if path.len() < o.path.len() { (&path, &o.path) } else { (&o.path, &path) };
+            if inner.starts_with(outer.as_str()) && inner.as_bytes()[outer.len()] == b'/' {
+                return Err(ConfigError::new(format!(
+                    "{s}.path: {path} and mounts.{j}.path {} are nested (a mount inside a mount is not supported)",
+                    o.path
+                )));
+            }
+        }
+        out.push(MountSettings { path, storage_settings, cache_settings, backend_settings, read_only });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -950,5 +1118,96 @@ secret_access_key = "adminsecret"
             let e = Config::parse(&format!("{base}part_size = {bad}\n")).unwrap_err().to_string();
             assert!(e.contains("part_size") && !e.contains('\n'), "{bad}: {e}");
         }
+    }
+    #[test]
+    fn mounts_inherit_and_override_key_by_key() {
+        let text = r#"
+[cache_settings]
+attr_timeout = "5s"
+memory_limit = "64MiB"
+[backend_settings]
+timeout = "20s"
+retry_max_times = 7
+
+[[mounts]]
+path = "/data"
+[mounts.storage_settings]
+type = "memory"
+[mounts.backend_settings]
+timeout = "3s"
+[mounts.cache_settings]
+entry_timeout = "9s"
+
+[[mounts]]
+path = "/a/b"
+read_only = true
+[mounts.storage_settings]
+type = "s3"
+bucket = "b"
+region = "r"
+secret_access_key = "adminsecret"
+"#;
+        let cfg = Config::parse(text).expect("parses");
+        assert!(!cfg.has_root_storage);
+        assert_eq!(cfg.mounts.len(), 2);
+        let (d, ab) = (&cfg.mounts[0], &cfg.mounts[1]);
+        assert_eq!((d.path.as_str(), d.read_only), ("/data", false));
+        assert_eq!(d.backend_settings.timeout, Duration::from_secs(3), "its own key");
+        assert_eq!(d.backend_settings.retry_max_times, 7, "the top-level key");
+        assert_eq!(d.cache_settings.entry_timeout, Duration::from_secs(9));
+        assert_eq!(d.cache_settings.attr_timeout, Duration::from_secs(5));
+        assert_eq!(d.cache_settings.memory_limit, 64 << 20);
+        assert_eq!((ab.path.as_str(), ab.read_only), ("/a/b", true));
+        assert_eq!(ab.storage_settings.service, "s3");
+        assert_eq!(ab.backend_settings, cfg.backend_settings);
+        assert_eq!(ab.cache_settings, cfg.cache_settings);
+        let m = cfg.for_mount(ab);
+        assert_eq!(m.storage_settings, ab.storage_settings);
+        assert!(m.mounts.is_empty());
+        assert_no_secret(&format!("{cfg:?}"));
+        // A top-level storage section is the root.
+        let cfg = Config::parse(&format!("[storage_settings]\ntype = \"memory\"\n{text}")).unwrap();
+        assert!(cfg.has_root_storage);
+        // Without mounts nothing changes.
+        let cfg = Config::parse(EXAMPLE).unwrap();
+        assert!(cfg.mounts.is_empty());
+    }
+
+    #[test]
+    fn bad_mount_entries() {
+        let mem = "[mounts.storage_settings]\ntype = \"memory\"\n";
+        for (text, want) in [
+            ("mounts = 3\n".to_string(), "mounts: expected an array"),
+            (format!("[[mounts]]\npath = \"/x\"\n{mem}[mounts.backend_settings]\ntimeout = 0\n"), "mounts.0.backend_settings.timeout"),
+            (format!("[[mounts]]\npath = \"/x\"\nread_only = \"yes\"\n{mem}"), "mounts.0.read_only"),
+            (format!("[[mounts]]\npath = \"/x//y\"\n{mem}"), "mounts.0.path"),
+            (format!("[[mounts]]\npath = \"/x/./y\"\n{mem}"), "mounts.0.path"),
+            (format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}[[mounts]]\npath = \"/ab/c\"\n{mem}"), "nested"),
+            (format!("[[mounts]]\n{mem}"), "missing required key `path`"),
+            ("[[mounts]]\npath = \"/x\"\n[mounts.storage_settings]\ntype = \"nosuch\"\n".to_string(), "[mounts.0.storage_settings]"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // Siblings that share a prefix are not nested.
+        Config::parse(&format!("[[mounts]]\npath = \"/ab\"\n{mem}[[mounts]]\npath = \"/a\"\n{mem}")).unwrap();
+    }
+    #[test]
+    fn webdav_and_http_services() {
+        let cfg = Config::parse(
+            "[storage_settings]\ntype = \"webdav\"\nendpoint = \"https://dav.example.com\"\nusername = \"u\"\npassword = \"adminsecret\"\nroot = \"/share\"\n",
+        )
+        .expect("webdav");
+        assert_eq!(cfg.storage_settings.service, "webdav");
+        assert_no_secret(&format!("{cfg:?}"));
+        let e = err("[storage_settings]\ntype = \"webdav\"\nroot = \"/x\"\n");
+        assert!(e.contains("webdav requires `endpoint`"), "{e}");
+        let e = err("[storage_settings]\ntype = \"webdav\"\nendpoint = \"http://x\"\nbukket = 1\n");
+        assert!(e.contains("unknown key `bukket`"), "{e}");
+        let cfg = Config::parse(
+            "[[mounts]]\npath = \"/www\"\nread_only = true\n[mounts.storage_settings]\ntype = \"http\"\nendpoint = \"https://example.com\"\nroot = \"/pub\"\n",
+        )
+        .expect("http");
+        assert_eq!(cfg.mounts[0].storage_settings.service, "http");
     }
 }

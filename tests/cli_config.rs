@@ -398,3 +398,65 @@ fn brief_example_config_is_accepted() {
     assert!(!err.contains("adminsecret"), "secret leaked:\n{err}");
     assert!(!err.contains("config:"), "config refused:\n{err}");
 }
+
+/// A `[[mounts]]` entry at `path` on the unreachable s3 endpoint (with the secret).
+fn s3_mount(path: &str) -> String {
+    format!("[[mounts]]\npath = \"{path}\"\n{}", S3.replace("[storage_settings]", "[mounts.storage_settings]"))
+}
+
+const MEM_MOUNT: &str = "[[mounts]]\npath = \"/mem\"\n[mounts.storage_settings]\ntype = \"memory\"\n";
+
+#[test]
+fn bad_mounts() {
+    let cases: [(&str, String, &[&str]); 10] = [
+        ("relative", s3_mount("data"), &["mounts.0.path", "absolute"]),
+        ("not_normalized", s3_mount("/a/../b"), &["mounts.0.path", "normalized"]),
+        ("trailing_slash", s3_mount("/a/"), &["mounts.0.path", "normalized"]),
+        ("root", s3_mount("/"), &["mounts.0.path"]),
+        ("duplicate", format!("{}{}", s3_mount("/a"), s3_mount("/a")), &["mounts.1.path", "mounts.0.path"]),
+        ("nested", format!("{}{}", s3_mount("/a"), s3_mount("/a/b")), &["mounts.1.path", "nested"]),
+        ("no_storage", "[[mounts]]\npath = \"/a\"\nread_only = true\n".into(), &["mounts.0", "storage_settings"]),
+        ("unknown_key", format!("{MEM_MOUNT}[[mounts]]\npath = \"/b\"\nfoo = 1\n"), &["`foo`", "mounts.1"]),
+        ("storage_key", format!("{MEM_MOUNT}{}bukket = \"x\"\n", s3_mount("/b")), &["`bukket`", "mounts.1"]),
+        (
+            "cache_type",
+            format!("{MEM_MOUNT}[mounts.cache_settings]\nattr_timeout = true\n"),
+            &["mounts.0.cache_settings.attr_timeout"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        refused(&format!("mounts_{name}"), Some(&text), needles);
+    }
+    let many: String = (0..65).map(|i| MEM_MOUNT.replace("/mem", &format!("/m{i}"))).collect();
+    refused("mounts_too_many", Some(&many), &["mounts", "at most 64"]);
+}
+
+/// Three mounts, one of them on an endpoint where nothing listens: the
+/// daemon starts, logs one check failure naming that mount only, and keeps
+/// waiting for the VMM.
+#[test]
+fn mounts_with_one_unreachable_back_end_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("mounts.toml");
+    let fs_root = dir.path().join("fsroot");
+    let text = format!(
+        "{}[mounts.backend_settings]\nretry_max_times = 0\ntimeout = \"3s\"\n{MEM_MOUNT}[[mounts]]\npath = \"/a/fs\"\nread_only = true\n[mounts.storage_settings]\ntype = \"fs\"\nroot = {:?}\n",
+        s3_mount("/s3"),
+        fs_root.display().to_string()
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let (mut child, err, _sock) =
+        serve_until(dir.path(), &cfg, &["Waiting for vhost-user socket connection...", "back-end check failed"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or(err);
+    let still_running = child.try_wait().expect("wait").is_none();
+    kill(&mut child);
+    assert!(still_running, "daemon exited; stderr:\n{err}");
+    assert!(!err.contains(SECRET), "secret leaked:\n{err}");
+    let failures: Vec<&str> = err.lines().filter(|l| l.contains("back-end check failed")).collect();
+    assert_eq!(failures.len(), 1, "stderr:\n{err}");
+    assert!(failures[0].contains("mount /s3"), "stderr:\n{err}");
+    for p in ["/s3", "/mem", "/a/fs"] {
+        assert!(err.contains(&format!("path={p}")), "mount {p} not logged; stderr:\n{err}");
+    }
+}

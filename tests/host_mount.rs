@@ -111,3 +111,77 @@ fn unmounts_cleanly_on_sigterm() {
     assert_eq!(m.stop(), Some(0), "log:\n{}", m.log_text());
     assert!(!common::is_mounted(&m.mountpoint));
 }
+
+/// `[[mounts]]` through `ovfs mount`: a synthetic read-only root holding
+/// `/mem` and `/a/fs` (an intermediate directory), each its own file system.
+#[test]
+fn several_mounts_under_a_synthetic_root() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[[mounts]]\npath = \"/mem\"\n[mounts.storage_settings]\ntype = \"memory\"\n\n\
+         [[mounts]]\npath = \"/a/fs\"\n[mounts.storage_settings]\ntype = \"fs\"\nroot = {:?}\n\n\
+         [[mounts]]\npath = \"/ro\"\nread_only = true\n[mounts.storage_settings]\ntype = \"memory\"\n",
+        root.path().display().to_string()
+    );
+    let m = Mounted::start(&cfg);
+    let script = r#"
+set -u
+echo "root: $(ls | tr '\n' ' ')"
+echo "a: $(ls a | tr '\n' ' ')"
+echo hello > mem/f && cat mem/f
+echo there > a/fs/g && cat a/fs/g
+touch x 2>/dev/null && echo "root writable" || echo "root read-only"
+touch ro/x 2>/dev/null && echo "ro writable" || echo "ro read-only"
+mkdir -p mem/d/e && ls mem | tr '\n' ' ' && echo
+mv mem/f a/fs/moved && echo "moved: $(cat a/fs/moved)" && ls mem | tr '\n' ' ' && echo
+[ "$(stat -c %d mem)" != "$(stat -c %d a/fs)" ] && echo "separate devices" || echo "same device"
+"#;
+    let out = bash(script, &m.mountpoint);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = "root: a mem ro \na: fs \nhello\nthere\nroot read-only\nro read-only\nd f \nmoved: hello\nd \n";
+    assert!(
+        out.status.success() && text.starts_with(want),
+        "got:\n{text}\nstderr:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_text()
+    );
+    // The fs mount wrote plain files in its directory.
+    assert_eq!(std::fs::read_to_string(root.path().join("g")).unwrap(), "there\n");
+    assert_eq!(std::fs::read_to_string(root.path().join("moved")).unwrap(), "hello\n");
+    eprintln!(
+        "last line (FUSE submounts on the host are not split into devices): {}",
+        text.lines().last().unwrap_or("")
+    );
+}
+
+/// `[[mounts]]` inside a top-level `[storage_settings]` root (fs): the root
+/// stays writable, the mount point needs no directory in the root store, and
+/// names on mount paths are guarded.
+#[test]
+fn mounts_inside_a_storage_root() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[storage_settings]\ntype = \"fs\"\nroot = {:?}\n\n[[mounts]]\npath = \"/mem\"\n[mounts.storage_settings]\ntype = \"memory\"\n",
+        root.path().display().to_string()
+    );
+    let m = Mounted::start(&cfg);
+    let script = r#"
+set -u
+echo in-root > r && cat r
+echo in-mem > mem/f && cat mem/f
+mkdir mem 2>/dev/null && echo "mkdir mem ok" || echo "mkdir mem refused"
+mv r mem 2>/dev/null; ls mem | tr '\n' ' '; echo
+"#;
+    let out = bash(script, &m.mountpoint);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `mv r mem` moves across file systems (copy + unlink): r ends up in the mount.
+    let want = "in-root\nin-mem\nmkdir mem refused\nf r \n";
+    assert!(
+        out.status.success() && text == want,
+        "got:\n{text}\nwant:\n{want}\nstderr:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_text()
+    );
+    assert!(!root.path().join("mem").exists(), "the mount wrote into the root store");
+    assert!(!root.path().join("r").exists(), "moved out of the root store");
+}

@@ -380,6 +380,8 @@ const SERVICES: &[ServiceDef] = &[
         required: &[&["bucket", "aws_bucket", "aws_bucket_name", "bucket_name"]],
         build: build_typed::<opendal::services::S3Config>,
     },
+    ServiceDef { scheme: "webdav", required: &[&["endpoint"]], build: build_typed::<opendal::services::WebdavConfig> },
+    ServiceDef { scheme: "http", required: &[&["endpoint"]], build: build_typed::<opendal::services::HttpConfig> },
 ];
 
 type BuildFn = fn(&[(String, String)]) -> std::result::Result<Operator, BuildError>;

@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod object;
 pub mod passthrough;
 pub mod staging;
+pub mod table;
 
 use crate::backend::ErrorKind;
 use crate::fuse::Errno;
