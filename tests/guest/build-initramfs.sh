@@ -177,6 +177,7 @@ trap 'rm -rf "$top" "$top.cpio.gz" "$out.tmp.$$"' EXIT
 chmod 0755 "$top"
 mkdir -p "$top/bin"
 install -m 0755 "$script" "$top/test.sh"
+install -m 0644 "$(dirname "$0")/scripts/lib.sh" "$top/lib.sh"   # shared helpers, `. /lib.sh`
 
 copy_lib() {  # host path -> same path in the guest
   local l=$1

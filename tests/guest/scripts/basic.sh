@@ -11,24 +11,9 @@ M=${OVFS_MNT:-/mnt}
 D=${OVFS_BASIC_DIR:-basic}
 BIG_MIB=${OVFS_BIG_MIB:-64}
 T=/tmp/basic.$$
-fails=0
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
+. /lib.sh
 # check NAME CMD...: PASS if CMD succeeds
-check() { n=$1; shift; if "$@"; then pass "$n"; else fail "$n" "failed: $*"; fi; }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1" 2>/dev/null || echo missing; }
-dropc() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { cut -d' ' -f1 /proc/uptime; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-# same NAME FILE EXPECTED_FILE: contents equal (by sha256 and size)
-same() {
-  if [ ! -e "$2" ]; then fail "$1" "$2 missing"; return; fi
-  a=$(sha "$2"); b=$(sha "$3"); sa=$(size "$2"); sb=$(size "$3")
-  if [ "$a" = "$b" ] && [ "$sa" = "$sb" ]; then pass "$1"; else fail "$1" "$2 size $sa sha $a, expected size $sb sha $b"; fi
-}
-eqv() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi; }
 
 cd "$M" || { echo "FAIL cd: cannot cd $M"; exit 1; }
 mkdir -p "$T"

@@ -10,10 +10,7 @@
 #   ovfs.phase=2: the file written in phase 1 is there (printed as SHA), and a new write works.
 # Prints PASS/FAIL lines; exits non-zero on any FAIL.
 set -u
-fails=0
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-check() { name=$1; shift; if "$@"; then pass "$name"; else fail "$name" "$*"; fi; }
+. /lib.sh
 
 K=/run/kata-containers/shared/containers
 mkdir -p "$K"

@@ -22,14 +22,8 @@ M=${OVFS_MNT:-/mnt}
 S3T=${OVFS_S3TIMEOUT:-4}
 HANGT=${OVFS_HANGTIMEOUT:-8}
 MAXWAIT=${OVFS_MAXWAIT:-120}
-fails=0
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-eqv() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi; }
-now() { cut -d' ' -f1 /proc/uptime; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
-le() { awk -v a="$1" -v b="$2" 'BEGIN{exit !(a <= b)}'; }
+. /lib.sh
 # wait_for FILE: poll until it exists (the host made it)
 wait_for() {
   t=$(now)

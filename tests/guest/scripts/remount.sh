@@ -12,9 +12,7 @@
 set -u
 M=${OVFS_MNT:-/mnt}
 D=${OVFS_BASIC_DIR:-basic}
-fails=0
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
+. /lib.sh
 
 cd "$M" || { echo "FAIL cd: cannot cd $M"; exit 1; }
 echo "--- tree under $M/$D"

@@ -29,16 +29,8 @@ TTL=${OVFS_TTL:-1}
 LIMIT=${OVFS_LIMIT:-$((TTL + 1))}
 MAXWAIT=${OVFS_MAXWAIT:-30}
 T=/tmp/ext.$$
-fails=0
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-eqv() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi; }
-now() { cut -d' ' -f1 /proc/uptime; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
-le() { awk -v a="$1" -v b="$2" 'BEGIN{exit !(a <= b)}'; }
-sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
-size() { stat -c %s "$1" 2>/dev/null || echo missing; }
+. /lib.sh
 
 cd "$M" || { echo "FAIL cd: cannot cd $M"; exit 1; }
 mkdir -p "$T"

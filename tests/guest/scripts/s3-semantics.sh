@@ -25,23 +25,8 @@ set -u
 M=${OVFS_MNT:-/mnt}
 PHASE=${OVFS_PHASE:-1}
 T=/tmp/sem.$$
-fails=0
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-check() { n=$1; shift; if "$@"; then pass "$n"; else fail "$n" "failed: $*"; fi; }
-eqv() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi; }
-sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
-size() { stat -c %s "$1" 2>/dev/null || echo missing; }
-dropc() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-now() { cut -d' ' -f1 /proc/uptime; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-# same NAME FILE MODEL: contents equal (sha256 and size)
-same() {
-  if [ ! -e "$2" ]; then fail "$1" "$2 missing"; return; fi
-  a=$(sha "$2") b=$(sha "$3") sa=$(size "$2") sb=$(size "$3")
-  if [ "$a" = "$b" ] && [ "$sa" = "$sb" ]; then pass "$1"; else fail "$1" "$2 size $sa sha $a, expected size $sb sha $b"; fi
-}
+. /lib.sh
 finish() {
   rm -rf "$T"
   if [ "$fails" -ne 0 ]; then echo "s3-semantics: $fails check(s) FAILED"; exit 1; fi

@@ -25,12 +25,8 @@ SECS=${OVFS_STRESS_SECS:-60}
 P=${OVFS_STRESS_PROCS:-8}
 GRACE=${OVFS_STRESS_GRACE:-120}
 T=/tmp/stress.$$
-fails=0
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1" 2>/dev/null || echo missing; }
+. /lib.sh
 uptime_s() { read -r up _ </proc/uptime; echo "${up%.*}"; }
 
 cd "$M" || { echo "FAIL cd: cannot cd $M"; exit 1; }
