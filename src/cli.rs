@@ -331,29 +331,44 @@ fn init_logging(c: &Common) {
     // is set); ovfs logs the errors that matter itself, so OpenDAL is held to
     // ERROR unless a verbose level is asked for. A level stricter than WARN
     // applies to every crate.
+    // Precedence: --log-level/-d, then [log_settings] log_level (applied
+    // after the file is read, and on reload), then RUST_LOG, then info.
+    let fallback = std::env::var("RUST_LOG").unwrap_or_else(|_| "ovfs=info,opendal=error,warn".to_string());
     let spec = match level.as_deref() {
-        Some(l @ ("error" | "off")) => l.to_string(),
-        Some(l @ ("debug" | "trace")) => format!("ovfs={l},opendal=warn,warn"),
-        Some(l) => format!("ovfs={l},opendal=error,warn"),
-        None => std::env::var("RUST_LOG").unwrap_or_else(|_| "ovfs=info,opendal=error,warn".to_string()),
+        Some(l) => crate::reload::level_spec(l),
+        None => fallback.clone(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ovfs=info,opendal=error,warn"));
     use std::io::IsTerminal;
-    if c.syslog {
-        let _ = tracing_subscriber::fmt()
+    // The filter is reloadable: a config reload may change the level.
+    let set: crate::reload::SetFilter = if c.syslog {
+        let b = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
             .without_time()
             .with_writer(|| SyslogWriter)
-            .try_init();
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        let _ = b.try_init();
+        Box::new(move |spec| {
+            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            h.reload(f).map_err(|e| e.to_string())
+        })
     } else {
-        let _ = tracing_subscriber::fmt()
+        let b = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
-            .try_init();
-    }
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        let _ = b.try_init();
+        Box::new(move |spec| {
+            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            h.reload(f).map_err(|e| e.to_string())
+        })
+    };
+    crate::reload::install_log_control(crate::reload::LogControl { pinned: level.is_some(), fallback, set });
 }
 
 /// Sends each formatted log record to syslog(3).
@@ -410,6 +425,27 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
         cfg.cache_settings.entry_timeout = policy.ttl();
     }
     Ok(cfg)
+}
+
+/// The configuration file the daemon reads: `--config`/OVFS_CONFIG, else
+/// the default file when it exists.
+pub fn config_path(c: &Common) -> Option<PathBuf> {
+    c.config.clone().or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
+}
+
+/// Reload the configuration file on change and on SIGHUP ([`crate::reload`]),
+/// when the daemon was started from one. `root`: the object file system
+/// served at the root (none for a passthrough tree).
+fn start_reload(c: &Common, cfg: &Config, root: Option<crate::vfs::object::Tuner>, rt: &tokio::runtime::Runtime) {
+    let Some(path) = config_path(c) else { return };
+    let common = c.clone();
+    let load: crate::reload::Loader = Box::new(move || load_config(&common));
+    let mut r = crate::reload::Reloader::new(path, load, cfg.clone());
+    if let Some(tuner) = root {
+        r.add_target(Box::new(crate::reload::ObjectTarget { name: "root".into(), tuner, storage: None }));
+    }
+    r.add_target(Box::new(crate::reload::LogTarget));
+    crate::reload::spawn(rt.handle(), r);
 }
 
 /// The file system and FUSE server for a configuration.
@@ -539,6 +575,7 @@ pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec
                     "volume ready; served where its placeholder appears in the shared dir"
                 );
                 check_later(rt, format!("volume {}", v.name), backend);
+                crate::reload::track_volume(&v.name, fs.tuner(), v.storage.clone());
                 mounts.push(Mount { name: v.name, point: MountPoint::host_dir(v.source), fs, read_only: v.read_only });
             }
             Err(e) => {
@@ -631,6 +668,9 @@ pub fn main() -> i32 {
             return EXIT_CONFIG;
         }
     };
+    if let Some(l) = &cfg.log_level {
+        let _ = crate::reload::set_log_level(Some(l));
+    }
     // Before any thread exists: every thread started later inherits it.
     if let Some(ns) = &cfg.kata.netns {
         if let Err(e) = kata::enter_netns(ns) {
@@ -653,6 +693,7 @@ pub fn main() -> i32 {
 }
 
 fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
+    let mut reload_root = None;
     let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs)
     {
         match build_passthrough(common, cfg, rt.handle()) {
@@ -675,8 +716,10 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
             eprintln!("ovfs: back-end check failed: {e}");
             return EXIT_CONFIG;
         }
+        reload_root = Some(server.filesystem().tuner());
         server
     };
+    start_reload(common, cfg, reload_root, rt);
     let handler = match with_metrics(common, handler, rt) {
         Ok(h) => h,
         Err(e) => {
@@ -732,6 +775,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         }
     };
     let c = &cli.common;
+    let mut reload_root = None;
     let handler: Arc<dyn RequestHandler> = if c.passthrough || (c.shared_dir.is_some() && !c.opendal_fs) {
         match build_passthrough(&cli.common, cfg, rt.handle()) {
             Ok(s) => s,
@@ -751,8 +795,10 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         // No back-end round trip before accepting (VMMs and Kata give little
         // time): check reachability in the background and log the outcome.
         check_later(rt.handle(), "storage_settings".into(), b);
+        reload_root = Some(server.filesystem().tuner());
         server
     };
+    start_reload(c, cfg, reload_root, rt);
     let handler = match with_metrics(c, handler, rt) {
         Ok(h) => h,
         Err(e) => {

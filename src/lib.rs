@@ -14,5 +14,6 @@ pub mod frontend;
 pub mod fuse;
 pub mod kata;
 pub mod metrics;
+pub mod reload;
 pub mod transport;
 pub mod vfs;

@@ -397,7 +397,7 @@ async fn s3_real_server() {
     // keys (AWS, MinIO can; SeaweedFS replaces one with the other).
     let both = b.write("dw", Bytes::from_static(b"f"), &PosixMeta::default()).await.is_ok()
         && b.write("dw/x", Bytes::from_static(b"x"), &PosixMeta::default()).await.is_ok()
-        && b.inner.op.stat("dw").await.is_ok();
+        && b.op().stat("dw").await.is_ok();
     if both {
         assert_eq!(b.lookup("dw").await.expect("dw").kind, EntryKind::Dir);
         let n = b.list("").await.expect("list");
@@ -432,7 +432,7 @@ async fn s3_real_server() {
     // emptied folders, like SeaweedFS, are left clean too).
     purge(&b, "").await;
     let opts = opendal::options::DeleteOptions { recursive: true, ..Default::default() };
-    let _ = b.inner.op.delete_options("/", opts).await;
+    let _ = b.op().delete_options("/", opts).await;
     assert!(b.list("").await.expect("list").is_empty(), "prefix purged");
     let top = opts_root_free(&opts_vec);
     let b0 = Backend::build(&top, &settings()).expect("bucket-root backend");
@@ -455,7 +455,7 @@ fn purge<'a>(b: &'a Backend, dir: &'a str) -> std::pin::Pin<Box<dyn Future<Outpu
                     purge(b, &p).await;
                     let _ = b.remove_dir(&p).await;
                     // A same-name file shadowed by the directory.
-                    let _ = b.inner.op.delete(&p).await;
+                    let _ = b.op().delete(&p).await;
                 }
             }
         }

@@ -1,0 +1,664 @@
+//! Hot reload of the configuration file: watch it, re-read it on change and
+//! on SIGHUP, validate the whole file, work out what changed, refuse what
+//! cannot change live, apply the rest, and log one line either way.
+//!
+//! How a change is noticed: a task polls the file once a second (its content,
+//! read whole: a config file is small). Polling rather than inotify because it
+//! also sees an editor's write-to-temporary-then-rename and a symlink swapped
+//! by a configuration manager (Kubernetes ConfigMaps), needs no extra crate,
+//! and costs one small read a second. A changed content is re-read after
+//! 200 ms until two reads agree, so a file caught half-written is not taken.
+//! SIGHUP reloads at once. Reloads are serialized by one task, which owns the
+//! configuration in force.
+//!
+//! What one reload does ([`Reloader::reload`]):
+//! 1. parse and validate the whole file with the same code as at start
+//!    (the same command-line overrides applied). A broken file is refused
+//!    with one line ([`crate::config::ConfigError`] carries no secret value);
+//! 2. [`diff`] the new configuration against the one in force, key by key
+//!    (`section.key`);
+//! 3. refuse the whole reload if any changed key cannot change live
+//!    ([`classify`]), or if a [`Target`] refuses it in its check; nothing of
+//!    that reload is applied and the old configuration stays in force;
+//! 4. otherwise apply it to every target and log one info line naming the
+//!    changed keys (names only, never values).
+//!
+//! A [`Target`] is one thing a reload changes: the root [`crate::vfs::ObjectFs`]
+//! and its back-end ([`ObjectTarget`]), each Kata volume (the same with the
+//! volume's fixed storage), and the log level ([`LogTarget`]). Other parts (a
+//! mount table that adds and removes mounts) plug in as one more target: its
+//! `check` sees the old and new configuration and may refuse; its `apply`
+//! runs after every check passed.
+//!
+//! Locks: none held across `.await`; the reload task's state is its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::{is_secret_key, Config};
+use crate::vfs::object::Tuner;
+use crate::vfs::ObjectFsOptions;
+
+/// Whether a changed key can be applied to a running daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Applied live.
+    Live,
+    /// Needs a restart: a reload changing it is refused whole.
+    Restart,
+}
+
+/// Storage option names (and OpenDAL aliases) that say *which* data is
+/// served: changing them is not a credential/endpoint change but another
+/// file system, so it needs a restart.
+const IDENTITY_KEYS: &[&str] = &["bucket", "aws_bucket", "aws_bucket_name", "bucket_name", "root", "atomic_write_dir"];
+
+/// The class of a flattened key (`section.key`, `profiles.NAME.key`).
+pub fn classify(key: &str) -> Class {
+    let (section, rest) = key.split_once('.').unwrap_or((key, ""));
+    match section {
+        "socket_settings" => Class::Restart,
+        "cache_settings" => match rest {
+            // The block cache is created at start or not at all.
+            "enabled_cache" => Class::Restart,
+            _ => Class::Live,
+        },
+        "storage_settings" => {
+            if rest == "type" || IDENTITY_KEYS.iter().any(|k| rest.eq_ignore_ascii_case(k)) {
+                Class::Restart
+            } else {
+                Class::Live
+            }
+        }
+        "backend_settings" => match rest {
+            // A streaming upload's parts are cut at this size while it runs.
+            "part_size" => Class::Restart,
+            _ => Class::Live,
+        },
+        "log_settings" => Class::Live,
+        // netns is entered before any thread starts; volumes are resolved
+        // from the pod's annotations and the profiles once, at start.
+        "kata" | "profiles" => Class::Restart,
+        _ => Class::Restart,
+    }
+}
+
+/// Every key of `cfg` with a comparable rendering of its value (`section.key`
+/// -> value). Values are only compared, never shown: credentials are in here.
+pub fn flatten(cfg: &Config) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: String, v: String| {
+        m.insert(k, v);
+    };
+    let s = &cfg.socket_settings;
+    put("socket_settings.socket_path".into(), format!("{:?}", s.socket_path));
+    put("socket_settings.tag".into(), format!("{:?}", s.tag));
+    put("socket_settings.num_request_queues".into(), format!("{:?}", s.num_request_queues));
+    put("socket_settings.dax_window".into(), format!("{:?}", s.dax_window));
+    put("socket_settings.dax_policy".into(), format!("{:?}", s.dax_policy));
+    let c = &cfg.cache_settings;
+    let cache: [(&str, String); 13] = [
+        ("enabled_cache", format!("{:?}", c.enabled_cache)),
+        ("enabled_cache_write_back", format!("{:?}", c.enabled_cache_write_back)),
+        ("enabled_cache_expiration", format!("{:?}", c.enabled_cache_expiration)),
+        ("cache_expiration_time", format!("{:?}", c.cache_expiration_time)),
+        ("attr_timeout", format!("{:?}", c.attr_timeout)),
+        ("entry_timeout", format!("{:?}", c.entry_timeout)),
+        ("negative_timeout", format!("{:?}", c.negative_timeout)),
+        ("memory_limit", format!("{:?}", c.memory_limit)),
+        ("dirty_limit", format!("{:?}", c.dirty_limit)),
+        ("flush_interval", format!("{:?}", c.flush_interval)),
+        ("readahead_max", format!("{:?}", c.readahead_max)),
+        ("dir_cache_ttl", format!("{:?}", c.dir_cache_ttl)),
+        ("listing_attrs", format!("{:?}", c.listing_attrs)),
+    ];
+    for (k, v) in cache {
+        put(format!("cache_settings.{k}"), v);
+    }
+    put("storage_settings.type".into(), cfg.storage_settings.service.clone());
+    for (k, v) in &cfg.storage_settings.options {
+        put(format!("storage_settings.{k}"), v.clone());
+    }
+    let b = &cfg.backend_settings;
+    let backend: [(&str, String); 15] = [
+        ("timeout", format!("{:?}", b.timeout)),
+        ("io_timeout", format!("{:?}", b.io_timeout)),
+        ("retry_max_times", format!("{:?}", b.retry_max_times)),
+        ("retry_min_delay", format!("{:?}", b.retry_min_delay)),
+        ("retry_max_delay", format!("{:?}", b.retry_max_delay)),
+        ("default_file_mode", format!("{:?}", b.default_file_mode)),
+        ("default_dir_mode", format!("{:?}", b.default_dir_mode)),
+        ("default_uid", format!("{:?}", b.default_uid)),
+        ("default_gid", format!("{:?}", b.default_gid)),
+        ("part_size", format!("{:?}", b.part_size)),
+        ("rename_dir_limit", format!("{:?}", b.rename_dir_limit)),
+        ("inject_latency", format!("{:?}", b.inject_latency)),
+        ("inject_latency_paths", format!("{:?}", b.inject_latency_paths)),
+        ("inject_error_rate", format!("{:?}", b.inject_error_rate)),
+        ("inject_error_rate_final", format!("{:?}", b.inject_error_rate_final)),
+    ];
+    for (k, v) in backend {
+        put(format!("backend_settings.{k}"), v);
+    }
+    put("kata.netns".into(), format!("{:?}", cfg.kata.netns));
+    put("kata.placeholder_root".into(), format!("{:?}", cfg.kata.placeholder_root));
+    for (name, p) in &cfg.kata.profiles {
+        put(format!("profiles.{name}.type"), p.storage.service.clone());
+        put(format!("profiles.{name}.read_only"), format!("{:?}", p.read_only));
+        put(format!("profiles.{name}.allow"), format!("{:?}", p.allow));
+        for (k, v) in &p.storage.options {
+            put(format!("profiles.{name}.{k}"), v.clone());
+        }
+    }
+    put("log_settings.log_level".into(), format!("{:?}", cfg.log_level));
+    m
+}
+
+/// The keys whose values differ between `old` and `new` (added and removed
+/// keys included), sorted.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (flatten(old), flatten(new));
+    let mut keys: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// `key`, marked when its value is a credential (the value is never shown
+/// anyway; the mark tells the reader why).
+fn show_key(key: &str) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    if is_secret_key(last) {
+        format!("{key} (secret)")
+    } else {
+        key.to_string()
+    }
+}
+
+/// One thing a reload changes. `check` runs for every target before any
+/// `apply`: a refusal there refuses the whole reload.
+pub trait Target: Send + Sync {
+    /// What this target is, for log lines (`root`, `volume data`, `log`).
+    fn name(&self) -> String;
+    /// `Err(reason)` (one line, no secret values) refuses the reload.
+    fn check(&self, old: &Config, new: &Config) -> Result<(), String>;
+    /// Apply `new`. Only called after every target's `check` passed; an
+    /// error here is logged (the target keeps what it could not change).
+    fn apply(&self, old: &Config, new: &Config) -> Result<(), String>;
+}
+
+/// The [`ObjectFsOptions`] a configuration gives an object-store file system
+/// (the same mapping as at start, [`crate::cli::build_object_fs`]).
+pub fn object_fs_options(cfg: &Config) -> ObjectFsOptions {
+    let b = &cfg.backend_settings;
+    ObjectFsOptions {
+        file_mode: b.default_file_mode,
+        dir_mode: b.default_dir_mode,
+        uid: b.default_uid,
+        gid: b.default_gid,
+        part_size: b.part_size,
+        rename_dir_limit: b.rename_dir_limit,
+        ..Default::default()
+    }
+    .with_cache_settings(&cfg.cache_settings)
+}
+
+/// A running [`crate::vfs::ObjectFs`] and its back-end: cache knobs, TTLs,
+/// POSIX defaults, retry/timeout policy and the operator (credentials,
+/// endpoint, other service options).
+pub struct ObjectTarget {
+    pub name: String,
+    pub tuner: Tuner,
+    /// Fixed storage (a Kata volume's, resolved at start); `None`: the
+    /// configuration's `[storage_settings]`.
+    pub storage: Option<crate::config::StorageSettings>,
+}
+
+impl ObjectTarget {
+    fn storage<'a>(&'a self, cfg: &'a Config) -> &'a crate::config::StorageSettings {
+        self.storage.as_ref().unwrap_or(&cfg.storage_settings)
+    }
+
+    fn backend_changed(&self, old: &Config, new: &Config) -> bool {
+        self.storage(old) != self.storage(new) || old.backend_settings != new.backend_settings
+    }
+}
+
+impl Target for ObjectTarget {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn check(&self, old: &Config, new: &Config) -> Result<(), String> {
+        if let Some(max) = self.tuner.max_memory_limit() {
+            if new.cache_settings.memory_limit > max {
+                return Err(format!(
+                    "cache_settings.memory_limit: above the {max} bytes the cache was created with (needs a restart)"
+                ));
+            }
+        }
+        if self.backend_changed(old, new) {
+            self.tuner.check_backend(self.storage(new), &new.backend_settings)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, old: &Config, new: &Config) -> Result<(), String> {
+        let c = &new.cache_settings;
+        let ttl = c.enabled_cache_expiration.then_some(c.cache_expiration_time);
+        self.tuner.apply(object_fs_options(new), ttl, c.memory_limit);
+        if self.backend_changed(old, new) {
+            self.tuner.reconfigure_backend(self.storage(new), &new.backend_settings)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets the process's log filter: installed by the command line
+/// ([`install_log_control`]) when logging starts.
+pub struct LogControl {
+    /// `--log-level`/`-d` given: the file's `log_level` does not apply.
+    pub pinned: bool,
+    /// The filter used when the file sets no level (`RUST_LOG` or the default).
+    pub fallback: String,
+    /// Replace the filter with a `tracing_subscriber::EnvFilter` spec.
+    pub set: SetFilter,
+}
+
+/// Replaces the log filter with a `tracing_subscriber::EnvFilter` spec.
+pub type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_CONTROL: OnceLock<LogControl> = OnceLock::new();
+
+/// Register the log filter control (once per process; later calls are ignored).
+pub fn install_log_control(c: LogControl) {
+    let _ = LOG_CONTROL.set(c);
+}
+
+/// The filter spec for a level name: ovfs at that level, OpenDAL (which logs
+/// every retry at WARN) one step quieter, other crates at WARN; a level
+/// stricter than WARN applies to every crate.
+pub fn level_spec(level: &str) -> String {
+    match level {
+        l @ ("error" | "off") => l.to_string(),
+        l @ ("debug" | "trace") => format!("ovfs={l},opendal=warn,warn"),
+        l => format!("ovfs={l},opendal=error,warn"),
+    }
+}
+
+/// Apply the file's `log_level` (`None`: back to `RUST_LOG`/the default),
+/// unless the command line pinned the level. Returns whether it took effect.
+pub fn set_log_level(level: Option<&str>) -> Result<bool, String> {
+    let Some(c) = LOG_CONTROL.get() else { return Ok(false) };
+    if c.pinned {
+        return Ok(false);
+    }
+    let spec = level.map(level_spec).unwrap_or_else(|| c.fallback.clone());
+    (c.set)(&spec)?;
+    Ok(true)
+}
+
+/// The log level (`[log_settings] log_level`).
+pub struct LogTarget;
+
+impl Target for LogTarget {
+    fn name(&self) -> String {
+        "log".into()
+    }
+
+    fn check(&self, _old: &Config, _new: &Config) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply(&self, old: &Config, new: &Config) -> Result<(), String> {
+        if old.log_level != new.log_level {
+            if let Ok(false) = set_log_level(new.log_level.as_deref()) {
+                tracing::info!("log_settings.log_level changed; --log-level on the command line takes precedence");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Object file systems registered while the daemon is built (Kata volumes),
+/// picked up by [`Reloader::new`].
+static TRACKED: Mutex<Vec<ObjectTarget>> = Mutex::new(Vec::new());
+
+/// Register a Kata volume's file system for reloads (its storage stays the
+/// one resolved at start; cache and back-end settings follow the file).
+pub fn track_volume(name: &str, tuner: Tuner, storage: crate::config::StorageSettings) {
+    TRACKED.lock().unwrap_or_else(|p| p.into_inner()).push(ObjectTarget {
+        name: format!("volume {name}"),
+        tuner,
+        storage: Some(storage),
+    });
+}
+
+/// What one reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file holds the configuration in force.
+    Unchanged,
+    /// Applied; the changed keys.
+    Applied(Vec<String>),
+    /// Refused (one line); the old configuration stays in force.
+    Refused(String),
+}
+
+/// Reads the configuration (the same code and command-line overrides as at
+/// start).
+pub type Loader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Owns the configuration in force and the targets.
+pub struct Reloader {
+    path: PathBuf,
+    load: Loader,
+    current: Config,
+    targets: Vec<Box<dyn Target>>,
+}
+
+impl Reloader {
+    /// `current`: the configuration in force (as loaded at start). Kata
+    /// volumes registered with [`track_volume`] are added as targets.
+    pub fn new(path: PathBuf, load: Loader, current: Config) -> Reloader {
+        let mut targets: Vec<Box<dyn Target>> = Vec::new();
+        for t in TRACKED.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            targets.push(Box::new(t));
+        }
+        Reloader { path, load, current, targets }
+    }
+
+    /// Add a target (the coordinator's mount table, for instance).
+    pub fn add_target(&mut self, t: Box<dyn Target>) {
+        self.targets.push(t);
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> &Config {
+        &self.current
+    }
+
+    /// Re-read the file and apply what changed, or refuse it whole. Logs one
+    /// line (info when applied, error when refused; debug when unchanged).
+    pub fn reload(&mut self, why: &str) -> Outcome {
+        let out = self.plan_and_apply();
+        let path = self.path.display();
+        match &out {
+            Outcome::Unchanged => tracing::debug!(path = %path, trigger = why, "config reload: no change"),
+            Outcome::Applied(keys) => {
+                let keys: Vec<String> = keys.iter().map(|k| show_key(k)).collect();
+                tracing::info!(path = %path, trigger = why, "config reloaded; changed: {}", keys.join(", "))
+            }
+            Outcome::Refused(reason) => tracing::error!(
+                path = %path,
+                trigger = why,
+                "config reload refused, the running configuration stays in force: {reason}"
+            ),
+        }
+        out
+    }
+
+    fn plan_and_apply(&mut self) -> Outcome {
+        let new = match (self.load)() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Refused(e),
+        };
+        let keys = diff(&self.current, &new);
+        if keys.is_empty() {
+            return Outcome::Unchanged;
+        }
+        let fixed: Vec<String> = keys.iter().filter(|k| classify(k) == Class::Restart).map(|k| show_key(k)).collect();
+        if !fixed.is_empty() {
+            return Outcome::Refused(format!("cannot change while running (restart to apply): {}", fixed.join(", ")));
+        }
+        for t in &self.targets {
+            if let Err(e) = t.check(&self.current, &new) {
+                return Outcome::Refused(format!("{}: {e}", t.name()));
+            }
+        }
+        for t in &self.targets {
+            if let Err(e) = t.apply(&self.current, &new) {
+                tracing::error!(target_name = %t.name(), "config reload: could not apply: {e}");
+            }
+        }
+        self.current = new;
+        Outcome::Applied(keys)
+    }
+}
+
+/// How often the file is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Start reloading on SIGHUP and on changes of the file, on `rt`. Returns
+/// at once; the tasks live as long as the runtime.
+pub fn spawn(rt: &tokio::runtime::Handle, mut reloader: Reloader) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let path = reloader.path.clone();
+    let hup = tx.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut s = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the SIGHUP handler; reload on SIGHUP is off");
+                return;
+            }
+        };
+        while s.recv().await.is_some() {
+            if hup.send("SIGHUP").await.is_err() {
+                break;
+            }
+        }
+    });
+    rt.spawn(async move {
+        let mut last = tokio::fs::read(&path).await.ok();
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let mut now = tokio::fs::read(&path).await.ok();
+            if now == last || now.is_none() {
+                // A file missing for a moment (replaced by rename) is
+                // not a change; a deleted file keeps the config in force.
+                continue;
+            }
+            // Settle: two reads 200 ms apart must agree.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let again = tokio::fs::read(&path).await.ok();
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            last = now;
+            if tx.send("file changed").await.is_err() {
+                break;
+            }
+        }
+    });
+    rt.spawn(async move {
+        tracing::info!(path = %reloader.path.display(), "config reload on change and SIGHUP enabled");
+        while let Some(why) = rx.recv().await {
+            // Parsing builds operators (no I/O but some CPU): off the async threads.
+            let r = tokio::task::block_in_place(|| reloader.reload(why));
+            let _ = r;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text).expect("valid config")
+    }
+
+    const S3: &str = "[storage_settings]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"r\"\nendpoint = \"http://127.0.0.1:1\"\naccess_key_id = \"AK1\"\nsecret_access_key = \"SK1\"\n";
+
+    #[test]
+    fn diff_names_changed_keys_only() {
+        let a = cfg(S3);
+        assert!(diff(&a, &a).is_empty());
+        let b = cfg(&S3.replace("AK1", "AK2").replace("SK1", "SK2").replace("127.0.0.1:1", "127.0.0.1:2"));
+        assert_eq!(
+            diff(&a, &b),
+            vec!["storage_settings.access_key_id", "storage_settings.endpoint", "storage_settings.secret_access_key"]
+        );
+        let c = cfg(&format!("{S3}[cache_settings]\ncache_expiration_time = \"5s\"\nattr_timeout = 1\n"));
+        assert_eq!(diff(&a, &c), vec!["cache_settings.cache_expiration_time"], "attr_timeout 1 s is the default");
+        let d = cfg(&format!("{S3}session_token = \"T\"\n"));
+        assert_eq!(diff(&a, &d), vec!["storage_settings.session_token"], "an added key");
+        assert_eq!(diff(&d, &a), vec!["storage_settings.session_token"], "a removed key");
+    }
+
+    #[test]
+    fn classes() {
+        for k in [
+            "storage_settings.access_key_id",
+            "storage_settings.secret_access_key",
+            "storage_settings.endpoint",
+            "storage_settings.region",
+            "cache_settings.cache_expiration_time",
+            "cache_settings.attr_timeout",
+            "cache_settings.memory_limit",
+            "cache_settings.dir_cache_ttl",
+            "backend_settings.timeout",
+            "backend_settings.retry_max_times",
+            "log_settings.log_level",
+        ] {
+            assert_eq!(classify(k), Class::Live, "{k}");
+        }
+        for k in [
+            "socket_settings.socket_path",
+            "socket_settings.tag",
+            "socket_settings.num_request_queues",
+            "socket_settings.dax_window",
+            "kata.netns",
+            "profiles.p.secret_access_key",
+            "storage_settings.type",
+            "storage_settings.bucket",
+            "storage_settings.root",
+            "cache_settings.enabled_cache",
+            "backend_settings.part_size",
+            "nosuch.key",
+        ] {
+            assert_eq!(classify(k), Class::Restart, "{k}");
+        }
+    }
+
+    #[test]
+    fn every_flattened_key_is_classified_on_purpose() {
+        // Keys of a full config: each is either live or restart; none
+        // falls through to the catch-all by accident.
+        let text = format!("{S3}[log_settings]\nlog_level = \"debug\"\n[kata]\nnetns = \"/x\"\n");
+        for k in flatten(&cfg(&text)).keys() {
+            let section = k.split('.').next().unwrap();
+            assert!(
+                ["socket_settings", "cache_settings", "storage_settings", "backend_settings", "kata", "log_settings"]
+                    .contains(&section),
+                "{k}"
+            );
+        }
+    }
+
+    /// A Reloader over an in-memory "file".
+    fn reloader(text: &Arc<Mutex<String>>) -> Reloader {
+        let t = text.clone();
+        let load: Loader = Box::new(move || Config::parse(&t.lock().unwrap()).map_err(|e| e.to_string()));
+        let current = load().unwrap();
+        Reloader { path: "mem.toml".into(), load, current, targets: Vec::new() }
+    }
+
+    #[test]
+    fn broken_file_and_fixed_keys_are_refused_whole() {
+        let text = Arc::new(Mutex::new(S3.to_string()));
+        let mut r = reloader(&text);
+        assert_eq!(r.reload("test"), Outcome::Unchanged);
+
+        // Broken: one line, no secret, nothing applied.
+        *text.lock().unwrap() = S3.replace("SK1", "SK2").replace("bucket = \"b\"\n", "bucket = \"b\"\nbukket = 1\n");
+        let Outcome::Refused(msg) = r.reload("test") else { panic!("must be refused") };
+        assert!(!msg.contains('\n') && msg.contains("bukket") && !msg.contains("SK2"), "{msg}");
+        assert_eq!(r.current().storage_settings.options["secret_access_key"], "SK1");
+
+        // A live change mixed with a restart-only one: refused whole.
+        *text.lock().unwrap() = format!("{}[socket_settings]\ntag = \"other\"\n", S3.replace("SK1", "SK2"));
+        let Outcome::Refused(msg) = r.reload("test") else { panic!("must be refused") };
+        assert!(msg.contains("socket_settings.tag") && !msg.contains("SK2"), "{msg}");
+        assert!(!msg.contains("secret_access_key"), "only the fixed keys are named: {msg}");
+        assert_eq!(r.current().storage_settings.options["secret_access_key"], "SK1");
+
+        // Live only: applied, keys named.
+        *text.lock().unwrap() =
+            format!("{}[cache_settings]\ncache_expiration_time = \"2s\"\n", S3.replace("SK1", "SK2"));
+        assert_eq!(
+            r.reload("test"),
+            Outcome::Applied(vec![
+                "cache_settings.cache_expiration_time".into(),
+                "storage_settings.secret_access_key".into()
+            ])
+        );
+        assert_eq!(r.current().storage_settings.options["secret_access_key"], "SK2");
+        assert_eq!(show_key("storage_settings.secret_access_key"), "storage_settings.secret_access_key (secret)");
+    }
+
+    struct Refuser;
+    impl Target for Refuser {
+        fn name(&self) -> String {
+            "refuser".into()
+        }
+        fn check(&self, _: &Config, new: &Config) -> Result<(), String> {
+            if new.cache_settings.attr_timeout > Duration::from_secs(5) {
+                Err("too long".into())
+            } else {
+                Ok(())
+            }
+        }
+        fn apply(&self, _: &Config, _: &Config) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_target_check_refuses_before_any_apply() {
+        let text = Arc::new(Mutex::new(String::new()));
+        let mut r = reloader(&text);
+        let (fs, _) = crate::cli::build_object_fs(&Default::default(), &Config::default_memory()).unwrap();
+        r.add_target(Box::new(ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None }));
+        r.add_target(Box::new(Refuser));
+        *text.lock().unwrap() = "[cache_settings]\nattr_timeout = 9\nentry_timeout = 3\n".into();
+        let Outcome::Refused(msg) = r.reload("test") else { panic!("refused") };
+        assert!(msg.contains("refuser: too long"), "{msg}");
+        assert_eq!(fs.tuner().options().unwrap().entry_timeout, Duration::from_secs(1), "nothing applied");
+        *text.lock().unwrap() = "[cache_settings]\nattr_timeout = 4\nentry_timeout = 3\ncache_expiration_time = 7\nmemory_limit = \"64MiB\"\n".into();
+        assert!(matches!(r.reload("test"), Outcome::Applied(_)));
+        let o = fs.tuner().options().unwrap();
+        assert_eq!((o.attr_timeout, o.entry_timeout), (Duration::from_secs(4), Duration::from_secs(3)));
+        // A bigger cache than the one created at start needs a restart.
+        *text.lock().unwrap() = "[cache_settings]\nmemory_limit = \"1GiB\"\n".into();
+        let Outcome::Refused(msg) = r.reload("test") else { panic!("refused") };
+        assert!(msg.contains("memory_limit"), "{msg}");
+    }
+
+    #[test]
+    fn backend_swap_keeps_the_service_and_refuses_another() {
+        let a = cfg(S3);
+        let (fs, backend) = crate::cli::build_object_fs(&a.storage_settings, &a).unwrap();
+        let t = ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None };
+        let b = cfg(&S3.replace("AK1", "AK2"));
+        t.check(&a, &b).expect("credentials change");
+        t.apply(&a, &b).expect("applied");
+        assert_eq!(backend.scheme(), "s3");
+        let mut c = b.clone();
+        c.storage_settings = Default::default();
+        assert!(t.check(&b, &c).is_err(), "s3 -> memory refused by the back-end too");
+    }
+}
