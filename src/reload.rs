@@ -168,8 +168,16 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         .collect();
     keys.sort();
     keys.dedup();
+    if keys.is_empty() && old != new {
+        // A field [`flatten`] does not list yet: never ignored silently.
+        keys.push(UNLISTED.to_string());
+    }
     keys
 }
+
+/// Stands for a change in a part of [`Config`] that [`flatten`] does not
+/// list; [`classify`] makes it restart-only.
+pub const UNLISTED: &str = "(a setting the reload does not know)";
 
 /// `key`, marked when its value is a credential (the value is never shown
 /// anyway; the mark tells the reader why).
@@ -486,8 +494,18 @@ pub fn spawn(rt: &tokio::runtime::Handle, mut reloader: Reloader) {
         tracing::info!(path = %reloader.path.display(), "config reload on change and SIGHUP enabled");
         while let Some(why) = rx.recv().await {
             // Parsing builds operators (no I/O but some CPU): off the async threads.
-            let r = tokio::task::block_in_place(|| reloader.reload(why));
-            let _ = r;
+            reloader = match tokio::task::spawn_blocking(move || {
+                reloader.reload(why);
+                reloader
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload task failed; reload is off from now on");
+                    break;
+                }
+            };
         }
     });
 }
@@ -517,6 +535,12 @@ mod tests {
         let d = cfg(&format!("{S3}session_token = \"T\"\n"));
         assert_eq!(diff(&a, &d), vec!["storage_settings.session_token"], "an added key");
         assert_eq!(diff(&d, &a), vec!["storage_settings.session_token"], "a removed key");
+        let mut e = a.clone();
+        e.kata
+            .profiles
+            .insert("p".into(), crate::kata::Profile { storage: Default::default(), read_only: true, allow: vec![] });
+        assert!(diff(&a, &e).contains(&"profiles.p.type".to_string()));
+        assert_eq!(classify(UNLISTED), Class::Restart);
     }
 
     #[test]
@@ -642,6 +666,8 @@ mod tests {
         assert!(matches!(r.reload("test"), Outcome::Applied(_)));
         let o = fs.tuner().options().unwrap();
         assert_eq!((o.attr_timeout, o.entry_timeout), (Duration::from_secs(4), Duration::from_secs(3)));
+        assert_eq!(fs.tuner().cache_ttl(), Some(Some(Duration::from_secs(7))), "the block cache's TTL");
+        assert_eq!(fs.staged_bytes().1, 16 << 20, "dirty limit: a quarter of the new 64 MiB");
         // A bigger cache than the one created at start needs a restart.
         *text.lock().unwrap() = "[cache_settings]\nmemory_limit = \"1GiB\"\n".into();
         let Outcome::Refused(msg) = r.reload("test") else { panic!("refused") };

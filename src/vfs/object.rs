@@ -363,6 +363,12 @@ impl Tuner {
         }
     }
 
+    /// The data cache's TTL (`Some(None)`: no expiry; `None`: no cache or
+    /// the file system is gone).
+    pub fn cache_ttl(&self) -> Option<Option<Duration>> {
+        self.0.upgrade().and_then(|c| c.cache.as_ref().map(|c| c.ttl()))
+    }
+
     /// The current options (tests).
     pub fn options(&self) -> Option<ObjectFsOptions> {
         self.0.upgrade().map(|c| (*c.opts()).clone())
