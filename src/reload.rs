@@ -302,9 +302,11 @@ pub fn level_spec(level: &str) -> String {
 }
 
 /// Apply the file's `log_level` (`None`: back to `RUST_LOG`/the default),
-/// unless the command line pinned the level. Returns whether it took effect.
+/// unless the command line pinned the level. Returns false when the command
+/// line pinned it (nothing changed); true otherwise (also when no logging
+/// was set up, as in unit tests: there is nothing to change).
 pub fn set_log_level(level: Option<&str>) -> Result<bool, String> {
-    let Some(c) = LOG_CONTROL.get() else { return Ok(false) };
+    let Some(c) = LOG_CONTROL.get() else { return Ok(true) };
     if c.pinned {
         return Ok(false);
     }
@@ -326,10 +328,8 @@ impl Target for LogTarget {
     }
 
     fn apply(&self, old: &Config, new: &Config) -> Result<(), String> {
-        if old.log_level != new.log_level {
-            if let Ok(false) = set_log_level(new.log_level.as_deref()) {
-                tracing::info!("log_settings.log_level changed; --log-level on the command line takes precedence");
-            }
+        if old.log_level != new.log_level && !set_log_level(new.log_level.as_deref())? {
+            tracing::info!("log_settings.log_level changed; --log-level on the command line takes precedence");
         }
         Ok(())
     }
@@ -450,9 +450,14 @@ pub fn spawn(rt: &tokio::runtime::Handle, mut reloader: Reloader) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(4);
     let path = reloader.path.clone();
     let hup = tx.clone();
+    // Installed before this returns: from then on SIGHUP reloads (its
+    // default action would end the process).
+    let signal = {
+        let _rt = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    };
     rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut s = match signal(SignalKind::hangup()) {
+        let mut s = match signal {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot install the SIGHUP handler; reload on SIGHUP is off");

@@ -33,6 +33,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, cfg: &Path) -> Daemon {
+        Daemon::start_with(dir, cfg, &[], "config reload on change and SIGHUP enabled")
+    }
+
+    /// With extra arguments; ready when the log shows `ready`.
+    fn start_with(dir: &Path, cfg: &Path, extra: &[&str], ready: &str) -> Daemon {
         let log = dir.join("ovfs.log");
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(ovfs_bin())
@@ -40,6 +45,7 @@ impl Daemon {
             .arg(cfg)
             .arg("--socket-path")
             .arg(dir.join("vhost.sock"))
+            .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("OVFS_CONFIG")
             .stdin(Stdio::null())
@@ -48,7 +54,7 @@ impl Daemon {
             .spawn()
             .expect("spawn ovfs");
         let d = Daemon { child, log };
-        d.wait_for("config reload on change and SIGHUP enabled", 0);
+        d.wait_for(ready, 0);
         d
     }
 
@@ -148,4 +154,46 @@ fn sighup_and_file_change_reload_refusals_change_nothing() {
 
     let all = d.text();
     assert!(!all.contains(SECRET) && !all.contains(SECRET2), "a secret value was logged:\n{all}");
+}
+
+#[test]
+fn log_level_on_the_command_line_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ovfs.toml");
+    // The file asks for debug; --log-level warn pins the level.
+    std::fs::write(&cfg, config(dir.path(), SECRET, "[log_settings]\nlog_level = \"debug\"\n")).unwrap();
+    let d = Daemon::start_with(dir.path(), &cfg, &["--log-level", "warn"], "Waiting for vhost-user socket connection");
+    // A refused reload (ERROR) shows; an applied one (INFO) and the
+    // unchanged SIGHUP (DEBUG) do not.
+    std::fs::write(
+        &cfg,
+        config(dir.path(), SECRET, "[log_settings]\nlog_level = \"trace\"\n[socket_settings]\ntag = \"x\"\n"),
+    )
+    .unwrap();
+    d.hup();
+    d.wait_for("config reload refused", 0);
+    std::fs::write(&cfg, config(dir.path(), SECRET, "[log_settings]\nlog_level = \"trace\"\n")).unwrap();
+    d.hup();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.hup();
+    std::thread::sleep(Duration::from_millis(500));
+    let text = d.text();
+    assert!(
+        !text.contains(" INFO ") && !text.contains("DEBUG") && !text.contains("TRACE"),
+        "level not pinned:\n{text}"
+    );
+
+    // Without the flag, the file's level applies from the start.
+    drop(d);
+    std::fs::write(&cfg, config(dir.path(), SECRET, "[log_settings]\nlog_level = \"error\"\n")).unwrap();
+    let d = Daemon::start_with(dir.path(), &cfg, &[], "Waiting for vhost-user socket connection");
+    std::fs::write(
+        &cfg,
+        config(dir.path(), SECRET, "[log_settings]\nlog_level = \"error\"\n[socket_settings]\ntag = \"x\"\n"),
+    )
+    .unwrap();
+    d.hup();
+    d.wait_for("config reload refused", 0);
+    let text = d.text();
+    assert!(!text.contains(" INFO "), "the file's level (error) applies at start:\n{text}");
 }
