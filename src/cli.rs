@@ -442,7 +442,12 @@ fn start_reload(c: &Common, cfg: &Config, root: Option<crate::vfs::object::Tuner
     let load: crate::reload::Loader = Box::new(move || load_config(&common));
     let mut r = crate::reload::Reloader::new(path, load, cfg.clone());
     if let Some(tuner) = root {
-        r.add_target(Box::new(crate::reload::ObjectTarget { name: "root".into(), tuner, storage: None }));
+        r.add_target(Box::new(crate::reload::ObjectTarget {
+            name: "root".into(),
+            tuner,
+            storage: None,
+            profile: None,
+        }));
     }
     r.add_target(Box::new(crate::reload::LogTarget));
     crate::reload::spawn(rt.handle(), r);
@@ -575,7 +580,7 @@ pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec
                     "volume ready; served where its placeholder appears in the shared dir"
                 );
                 check_later(rt, format!("volume {}", v.name), backend);
-                crate::reload::track_volume(&v.name, fs.tuner(), v.storage.clone());
+                crate::reload::track_volume(&v.name, &v.profile, fs.tuner(), v.storage.clone());
                 mounts.push(Mount { name: v.name, point: MountPoint::host_dir(v.source), fs, read_only: v.read_only });
             }
             Err(e) => {

@@ -79,7 +79,10 @@ pub fn classify(key: &str) -> Class {
         },
         "log_settings" => Class::Live,
         // netns is entered before any thread starts; volumes are resolved
-        // from the pod's annotations and the profiles once, at start.
+        // from the pod's annotations and the profiles once, at start. A
+        // profile's credentials are the exception: attached volumes of that
+        // profile take the new ones (pods never set credentials).
+        "profiles" if is_secret_key(key.rsplit('.').next().unwrap_or("")) => Class::Live,
         "kata" | "profiles" => Class::Restart,
         _ => Class::Restart,
     }
@@ -227,11 +230,23 @@ pub struct ObjectTarget {
     /// Fixed storage (a Kata volume's, resolved at start); `None`: the
     /// configuration's `[storage_settings]`.
     pub storage: Option<crate::config::StorageSettings>,
+    /// The Kata profile of a volume: its credential keys follow the
+    /// profile's in the file.
+    pub profile: Option<String>,
 }
 
 impl ObjectTarget {
-    fn storage<'a>(&'a self, cfg: &'a Config) -> &'a crate::config::StorageSettings {
-        self.storage.as_ref().unwrap_or(&cfg.storage_settings)
+    /// The storage this target serves under `cfg`.
+    pub fn storage(&self, cfg: &Config) -> crate::config::StorageSettings {
+        let Some(fixed) = &self.storage else { return cfg.storage_settings.clone() };
+        let mut s = fixed.clone();
+        if let Some(p) = self.profile.as_ref().and_then(|p| cfg.kata.profiles.get(p)) {
+            s.options.retain(|k, _| !is_secret_key(k));
+            s.options.extend(
+                p.storage.options.iter().filter(|(k, _)| is_secret_key(k)).map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        s
     }
 
     fn backend_changed(&self, old: &Config, new: &Config) -> bool {
@@ -253,7 +268,7 @@ impl Target for ObjectTarget {
             }
         }
         if self.backend_changed(old, new) {
-            self.tuner.check_backend(self.storage(new), &new.backend_settings)?;
+            self.tuner.check_backend(&self.storage(new), &new.backend_settings)?;
         }
         Ok(())
     }
@@ -263,7 +278,7 @@ impl Target for ObjectTarget {
         let ttl = c.enabled_cache_expiration.then_some(c.cache_expiration_time);
         self.tuner.apply(object_fs_options(new), ttl, c.memory_limit);
         if self.backend_changed(old, new) {
-            self.tuner.reconfigure_backend(self.storage(new), &new.backend_settings)?;
+            self.tuner.reconfigure_backend(&self.storage(new), &new.backend_settings)?;
         }
         Ok(())
     }
@@ -339,13 +354,15 @@ impl Target for LogTarget {
 /// picked up by [`Reloader::new`].
 static TRACKED: Mutex<Vec<ObjectTarget>> = Mutex::new(Vec::new());
 
-/// Register a Kata volume's file system for reloads (its storage stays the
-/// one resolved at start; cache and back-end settings follow the file).
-pub fn track_volume(name: &str, tuner: Tuner, storage: crate::config::StorageSettings) {
+/// Register a Kata volume's file system for reloads: its storage stays the
+/// one resolved at start except the credential keys, which follow its
+/// profile's; cache and back-end settings follow the file.
+pub fn track_volume(name: &str, profile: &str, tuner: Tuner, storage: crate::config::StorageSettings) {
     TRACKED.lock().unwrap_or_else(|p| p.into_inner()).push(ObjectTarget {
         name: format!("volume {name}"),
         tuner,
         storage: Some(storage),
+        profile: Some(profile.to_string()),
     });
 }
 
@@ -562,6 +579,8 @@ mod tests {
             "backend_settings.timeout",
             "backend_settings.retry_max_times",
             "log_settings.log_level",
+            "profiles.p.secret_access_key",
+            "profiles.p.access_key_id",
         ] {
             assert_eq!(classify(k), Class::Live, "{k}");
         }
@@ -571,7 +590,8 @@ mod tests {
             "socket_settings.num_request_queues",
             "socket_settings.dax_window",
             "kata.netns",
-            "profiles.p.secret_access_key",
+            "profiles.p.endpoint",
+            "profiles.p.bucket",
             "storage_settings.type",
             "storage_settings.bucket",
             "storage_settings.root",
@@ -661,7 +681,7 @@ mod tests {
         let text = Arc::new(Mutex::new(String::new()));
         let mut r = reloader(&text);
         let (fs, _) = crate::cli::build_object_fs(&Default::default(), &Config::default_memory()).unwrap();
-        r.add_target(Box::new(ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None }));
+        r.add_target(Box::new(ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None, profile: None }));
         r.add_target(Box::new(Refuser));
         *text.lock().unwrap() = "[cache_settings]\nattr_timeout = 9\nentry_timeout = 3\n".into();
         let Outcome::Refused(msg) = r.reload("test") else { panic!("refused") };
@@ -683,7 +703,7 @@ mod tests {
     fn backend_swap_keeps_the_service_and_refuses_another() {
         let a = cfg(S3);
         let (fs, backend) = crate::cli::build_object_fs(&a.storage_settings, &a).unwrap();
-        let t = ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None };
+        let t = ObjectTarget { name: "root".into(), tuner: fs.tuner(), storage: None, profile: None };
         let b = cfg(&S3.replace("AK1", "AK2"));
         t.check(&a, &b).expect("credentials change");
         t.apply(&a, &b).expect("applied");
@@ -691,5 +711,37 @@ mod tests {
         let mut c = b.clone();
         c.storage_settings = Default::default();
         assert!(t.check(&b, &c).is_err(), "s3 -> memory refused by the back-end too");
+    }
+
+    #[test]
+    fn a_volume_takes_its_profiles_new_credentials_only() {
+        let prof = |ak: &str, ep: &str| {
+            format!(
+                "[profiles.p]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"r\"\nendpoint = \"{ep}\"\naccess_key_id = \"{ak}\"\nsecret_access_key = \"S\"\nallow = [\"root\"]\n"
+            )
+        };
+        let a = cfg(&prof("AK1", "http://127.0.0.1:1"));
+        let vol_storage = {
+            let mut s = a.kata.profiles["p"].storage.clone();
+            s.options.insert("root".into(), "/pod-chose-this".into());
+            s
+        };
+        let (fs, _) = crate::cli::build_object_fs(&vol_storage, &a).unwrap();
+        let t = ObjectTarget {
+            name: "volume v".into(),
+            tuner: fs.tuner(),
+            storage: Some(vol_storage.clone()),
+            profile: Some("p".into()),
+        };
+        let b = cfg(&prof("AK2", "http://127.0.0.1:1"));
+        assert_eq!(diff(&a, &b), vec!["profiles.p.access_key_id"]);
+        let s = t.storage(&b);
+        assert_eq!(s.options["access_key_id"], "AK2", "the profile's new key");
+        assert_eq!(s.options["root"], "/pod-chose-this", "the pod's override stays");
+        t.check(&a, &b).expect("check");
+        t.apply(&a, &b).expect("apply");
+        // Another endpoint in the profile: restart-only (attached volumes keep theirs).
+        let c = cfg(&prof("AK2", "http://127.0.0.1:2"));
+        assert_eq!(classify(&diff(&b, &c)[0]), Class::Restart);
     }
 }
