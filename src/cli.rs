@@ -332,29 +332,44 @@ fn init_logging(c: &Common) {
     // is set); ovfs logs the errors that matter itself, so OpenDAL is held to
     // ERROR unless a verbose level is asked for. A level stricter than WARN
     // applies to every crate.
+    // Precedence: --log-level/-d, then [log_settings] log_level (applied
+    // after the file is read, and on reload), then RUST_LOG, then info.
+    let fallback = std::env::var("RUST_LOG").unwrap_or_else(|_| "ovfs=info,opendal=error,warn".to_string());
     let spec = match level.as_deref() {
-        Some(l @ ("error" | "off")) => l.to_string(),
-        Some(l @ ("debug" | "trace")) => format!("ovfs={l},opendal=warn,warn"),
-        Some(l) => format!("ovfs={l},opendal=error,warn"),
-        None => std::env::var("RUST_LOG").unwrap_or_else(|_| "ovfs=info,opendal=error,warn".to_string()),
+        Some(l) => crate::reload::level_spec(l),
+        None => fallback.clone(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ovfs=info,opendal=error,warn"));
     use std::io::IsTerminal;
-    if c.syslog {
-        let _ = tracing_subscriber::fmt()
+    // The filter is reloadable: a config reload may change the level.
+    let set: crate::reload::SetFilter = if c.syslog {
+        let b = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
             .without_time()
             .with_writer(|| SyslogWriter)
-            .try_init();
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        let _ = b.try_init();
+        Box::new(move |spec| {
+            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            h.reload(f).map_err(|e| e.to_string())
+        })
     } else {
-        let _ = tracing_subscriber::fmt()
+        let b = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
-            .try_init();
-    }
+            .with_filter_reloading();
+        let h = b.reload_handle();
+        let _ = b.try_init();
+        Box::new(move |spec| {
+            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            h.reload(f).map_err(|e| e.to_string())
+        })
+    };
+    crate::reload::install_log_control(crate::reload::LogControl { pinned: level.is_some(), fallback, set });
 }
 
 /// Sends each formatted log record to syslog(3).
@@ -414,6 +429,51 @@ pub fn load_config(c: &Common) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// The configuration file the daemon reads: `--config`/OVFS_CONFIG, else
+/// the default file when it exists.
+pub fn config_path(c: &Common) -> Option<PathBuf> {
+    c.config.clone().or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
+}
+
+/// Reload the configuration file on change and on SIGHUP ([`crate::reload`]),
+/// when the daemon was started from one. `root`: the object file system
+/// served at the root (none for a passthrough tree).
+fn start_reload(
+    c: &Common,
+    cfg: &Config,
+    (root, mounts): (Option<crate::vfs::object::Tuner>, Option<Arc<MountServer>>),
+    rt: &tokio::runtime::Runtime,
+) {
+    let Some(path) = config_path(c) else { return };
+    let common = c.clone();
+    let load: crate::reload::Loader = Box::new(move || load_config(&common));
+    let mut r = crate::reload::Reloader::new(path, load, cfg.clone());
+    if let Some(tuner) = root {
+        r.add_target(Box::new(crate::reload::ObjectTarget {
+            name: "root".into(),
+            tuner,
+            storage: None,
+            profile: None,
+        }));
+    }
+    r.add_target(Box::new(crate::reload::MountsTarget::new(mounts, build_mount_slot)));
+    r.add_target(Box::new(crate::reload::LogTarget));
+    crate::reload::spawn(rt.handle(), r);
+}
+
+/// Build one `[[mounts]]` entry's file system and attach it (for reloads).
+fn build_mount_slot(
+    table: &MountTable<ObjectFs, ObjectFs>,
+    cfg: &Config,
+    m: &MountSettings,
+) -> Result<Arc<MountSlot<ObjectFs>>, String> {
+    let (fs, backend) = build_mount(cfg, m)?;
+    let slot = table.add_mount(&m.path, fs, m.read_only)?;
+    observe_mount(&slot);
+    check_later(&tokio::runtime::Handle::current(), format!("mount {}", m.path), backend);
+    Ok(slot)
+}
+
 /// The file system and FUSE server for a configuration.
 pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), String> {
     let (fs, backend) = build_object_fs(&cfg.storage_settings, cfg)?;
@@ -422,7 +482,7 @@ pub fn build_server(cfg: &Config) -> Result<(Arc<Server<ObjectFs>>, Backend), St
 }
 
 /// The server of a [`MountTable`] (reach the table with `filesystem()`).
-pub type MountServer = Server<MountTable<ObjectFs, ObjectFs>>;
+pub use crate::reload::MountServer;
 
 /// Back-ends to check in the background, each with a label for the log.
 pub type Backends = Vec<(String, Backend)>;
@@ -470,6 +530,8 @@ pub struct Built {
     /// (`mounts.filesystem().add_mount(..)` / `remove_mount(..)`, with
     /// [`build_mount`] making a new mount's file system).
     pub mounts: Option<Arc<MountServer>>,
+    /// The root object file system's reload handle (none under a synthetic root).
+    pub root: Option<crate::vfs::object::Tuner>,
 }
 
 /// Publish a mount's requests in flight and the requests it refused at its
@@ -496,13 +558,20 @@ pub fn observe_mount(slot: &Arc<MountSlot<ObjectFs>>) {
 pub fn build_handler(cfg: &Config) -> Result<Built, String> {
     if cfg.mounts.is_empty() {
         let (server, backend) = build_server(cfg)?;
-        return Ok(Built { handler: server, backends: vec![("storage_settings".to_string(), backend)], mounts: None });
+        let root = Some(server.filesystem().tuner());
+        return Ok(Built {
+            handler: server,
+            backends: vec![("storage_settings".to_string(), backend)],
+            mounts: None,
+            root,
+        });
     }
     let (server, backends) = build_mount_table(cfg)?;
     for m in &cfg.mounts {
         tracing::info!(path = %m.path, scheme = %m.storage_settings.service, read_only = m.read_only, "mount configured");
     }
-    Ok(Built { handler: server.clone(), backends, mounts: Some(server) })
+    let root = server.filesystem().root().map(|fs| fs.tuner());
+    Ok(Built { handler: server.clone(), backends, mounts: Some(server), root })
 }
 
 /// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
@@ -625,6 +694,7 @@ pub fn kata_mounts(c: &Common, cfg: &Config, rt: &tokio::runtime::Handle) -> Vec
                     "volume ready; served where its placeholder appears in the shared dir"
                 );
                 check_later(rt, format!("volume {}", v.name), backend);
+                crate::reload::track_volume(&v.name, &v.profile, fs.tuner(), v.storage.clone());
                 mounts.push(Mount { name: v.name, point: MountPoint::host_dir(v.source), fs, read_only: v.read_only });
             }
             Err(e) => {
@@ -720,6 +790,9 @@ pub fn main() -> i32 {
             return EXIT_CONFIG;
         }
     };
+    if let Some(l) = &cfg.log_level {
+        let _ = crate::reload::set_log_level(Some(l));
+    }
     // Before any thread exists: every thread started later inherits it.
     if let Some(ns) = &cfg.kata.netns {
         if let Err(e) = kata::enter_netns(ns) {
@@ -742,6 +815,7 @@ pub fn main() -> i32 {
 }
 
 fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runtime::Runtime) -> i32 {
+    let mut reload = (None, None);
     let handler: Arc<dyn RequestHandler> = if common.passthrough || (common.shared_dir.is_some() && !common.opendal_fs)
     {
         match build_passthrough(common, cfg, rt.handle()) {
@@ -752,7 +826,7 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
             }
         }
     } else {
-        let Built { handler: server, backends, .. } = match build_handler(cfg) {
+        let Built { handler: server, backends, root, mounts } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -773,8 +847,10 @@ fn run_mount(cfg: &Config, common: &Common, mountpoint: &Path, rt: &tokio::runti
                 check_later(rt.handle(), what, b);
             }
         }
+        reload = (root, mounts);
         server
     };
+    start_reload(common, cfg, reload, rt);
     let handler = match with_metrics(common, handler, rt) {
         Ok(h) => h,
         Err(e) => {
@@ -830,6 +906,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         }
     };
     let c = &cli.common;
+    let mut reload = (None, None);
     let handler: Arc<dyn RequestHandler> = if c.passthrough || (c.shared_dir.is_some() && !c.opendal_fs) {
         match build_passthrough(&cli.common, cfg, rt.handle()) {
             Ok(s) => s,
@@ -839,7 +916,7 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
             }
         }
     } else {
-        let Built { handler: server, backends, .. } = match build_handler(cfg) {
+        let Built { handler: server, backends, root, mounts } = match build_handler(cfg) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ovfs: {e}");
@@ -851,8 +928,10 @@ fn run_vhost_user(cli: &Cli, cfg: &Config, rt: &tokio::runtime::Runtime) -> i32 
         for (what, b) in backends {
             check_later(rt.handle(), what, b);
         }
+        reload = (root, mounts);
         server
     };
+    start_reload(c, cfg, reload, rt);
     let handler = match with_metrics(c, handler, rt) {
         Ok(h) => h,
         Err(e) => {

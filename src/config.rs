@@ -18,6 +18,10 @@
 //!   the top-level sections key by key ([`MountSettings`]). With mounts and
 //!   no top-level `[storage_settings]`, the root is a small read-only
 //!   directory holding the mount points (see [`crate::vfs::table`]).
+//! - `[log_settings]`: `log_level` (error, warn, info, debug, trace, off).
+//!
+//! A running daemon re-reads its file on change and on SIGHUP
+//! ([`crate::reload`]); which keys change live is listed there.
 //!
 //! Unknown sections and keys are refused, and so are keys the selected OpenDAL
 //! service does not know (checked by [`crate::backend::Backend::build`], which
@@ -48,6 +52,9 @@ pub struct Config {
     pub backend_settings: BackendSettings,
     /// `[kata]` and `[profiles.*]` (see [`crate::kata`]).
     pub kata: crate::kata::KataConfig,
+    /// `[log_settings] log_level`: `None` leaves the level to `--log-level`,
+    /// `RUST_LOG` or the default (info).
+    pub log_level: Option<String>,
     /// Whether the file had a top-level `[storage_settings]` (with mounts:
     /// it is the root; without one the root is a synthetic directory).
     pub has_root_storage: bool,
@@ -327,6 +334,7 @@ impl Config {
             storage_settings: StorageSettings::default(),
             backend_settings: BackendSettings::default(),
             kata: crate::kata::KataConfig::default(),
+            log_level: None,
             has_root_storage: false,
             mounts: Vec::new(),
         }
@@ -375,9 +383,10 @@ impl Config {
                 "backend_settings" => cfg.backend_settings = parse_backend(table)?,
                 "kata" => cfg.kata.parse_kata(table)?,
                 "profiles" => cfg.kata.parse_profiles(table)?,
+                "log_settings" => cfg.log_level = parse_log(table)?,
                 _ => {
                     return Err(ConfigError::new(format!(
-                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles, mounts)"
+                        "unknown section [{section}] (expected socket_settings, cache_settings, storage_settings, backend_settings, kata, profiles, log_settings, mounts)"
                     )))
                 }
             }
@@ -639,6 +648,27 @@ pub(crate) fn parse_storage_section(section: &str, t: toml::Table) -> Result<Sto
     }
     let service = service.ok_or_else(|| ConfigError::new(format!("[{S}] missing required key `type`")))?;
     Ok(StorageSettings { service, options })
+}
+
+/// Levels accepted by `[log_settings] log_level` (and `--log-level`).
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+fn parse_log(t: toml::Table) -> Result<Option<String>, ConfigError> {
+    const S: &str = "log_settings";
+    let mut level = None;
+    for (k, v) in &t {
+        match k.as_str() {
+            "log_level" => {
+                let l = get_string(S, k, v)?.trim().to_ascii_lowercase();
+                if !LOG_LEVELS.contains(&l.as_str()) {
+                    return Err(ConfigError::new(format!("{S}.{k}: expected one of {}", LOG_LEVELS.join(", "))));
+                }
+                level = Some(l);
+            }
+            _ => return Err(unknown_key(S, k)),
+        }
+    }
+    Ok(level)
 }
 
 fn parse_backend(t: toml::Table) -> Result<BackendSettings, ConfigError> {

@@ -15,5 +15,6 @@ pub mod fuse;
 pub mod kata;
 pub mod memfd;
 pub mod metrics;
+pub mod reload;
 pub mod transport;
 pub mod vfs;

@@ -422,18 +422,33 @@ pub struct Backend {
 }
 
 struct Inner {
-    op: Operator,
+    /// What a reload may replace ([`Backend::reconfigure`]): the operator
+    /// with its layers, the timeout, the secrets to scrub, fault injection.
+    /// Each call loads it once (a lock-free `ArcSwap` load), so a call that
+    /// started before a swap finishes on the operator it started with.
+    live: arc_swap::ArcSwap<Live>,
     scheme: String,
     cap: Capability,
     caps: Caps,
-    timeout: Duration,
-    /// Configured credential values, scrubbed from every message.
-    secrets: Vec<String>,
     /// Stage writes in a temporary sibling and rename it into place (fs
     /// without `atomic_write_dir` writes in place, so is not atomic).
     staged: bool,
     /// The canonical local root on `fs` (xattrs are read/written there).
     fs_root: Option<PathBuf>,
+    /// POSIX attributes of the `memory` service (see the module doc).
+    side: Option<SideTable>,
+    /// Calls and failures per operation, for the metrics endpoint.
+    stats: Arc<crate::metrics::BackendStats>,
+    /// Test hook: told of each completed call ([`Backend::record_calls`]).
+    recorder: std::sync::OnceLock<Recorder>,
+}
+
+/// The part of a [`Backend`] a configuration reload replaces.
+struct Live {
+    op: Operator,
+    timeout: Duration,
+    /// Configured credential values, scrubbed from every message.
+    secrets: Vec<String>,
     /// `inject_latency`: delay before each public async call (test only).
     latency: Duration,
     /// `inject_latency_paths`: only paths starting with it are delayed.
@@ -441,12 +456,6 @@ struct Inner {
     /// Fault layers below / above the retry layer, when installed.
     faults_retried: Option<Arc<FaultState>>,
     faults_final: Option<Arc<FaultState>>,
-    /// POSIX attributes of the `memory` service (see the module doc).
-    side: Option<SideTable>,
-    /// Calls and failures per operation, for the metrics endpoint.
-    stats: Arc<crate::metrics::BackendStats>,
-    /// Test hook: told of each completed call ([`Backend::record_calls`]).
-    recorder: std::sync::OnceLock<Recorder>,
 }
 
 /// Receives `(operation, path)` after each successful back-end call: `lookup`,
@@ -717,20 +726,23 @@ impl Backend {
             delete: cap.delete,
             listing_has_posix: fs_root.is_some() || side.is_some() || !cap.write_with_user_metadata,
         };
+        let live = Live {
+            op,
+            timeout,
+            secrets,
+            latency: settings.inject_latency,
+            latency_prefix: settings.inject_latency_paths.trim_start_matches('/').to_string(),
+            faults_retried,
+            faults_final,
+        };
         Ok(Backend {
             inner: Arc::new(Inner {
-                op,
+                live: arc_swap::ArcSwap::from_pointee(live),
                 scheme,
                 cap,
                 caps,
-                timeout,
-                secrets,
                 staged,
                 fs_root,
-                latency: settings.inject_latency,
-                latency_prefix: settings.inject_latency_paths.trim_start_matches('/').to_string(),
-                faults_retried,
-                faults_final,
                 side,
                 stats: crate::metrics::BackendStats::new(),
                 recorder: std::sync::OnceLock::new(),
@@ -768,8 +780,78 @@ impl Backend {
         self.inner.stats.clone()
     }
 
-    fn op(&self) -> &Operator {
-        &self.inner.op
+    /// The current operator (a cheap clone; a reload swaps in another).
+    fn op(&self) -> Operator {
+        self.inner.live.load().op.clone()
+    }
+
+    /// Replace the operator (credentials, endpoint and other service
+    /// options) and the retry/timeout/fault-injection policy with ones built
+    /// from `storage` and `settings`, atomically: calls already running
+    /// finish on the operator they started with, later calls use the new
+    /// one. Nothing else changes (statistics, the memory service's side
+    /// table, the recorder). No network I/O.
+    ///
+    /// Refused (`InvalidInput`, nothing changed) when the new options select
+    /// another service, another local root or anything else that changes
+    /// what the file system sees ([`Caps`], capabilities, staging): those
+    /// need a restart. The memory service keeps its data in the operator, so
+    /// it is never rebuilt.
+    pub fn reconfigure(&self, storage: &StorageSettings, settings: &BackendSettings) -> Result<()> {
+        self.reconfigure_inner(storage, settings, true)
+    }
+
+    /// Whether [`Backend::reconfigure`] would accept these settings (it
+    /// builds the operator, without network I/O, and changes nothing).
+    pub fn check_reconfigure(&self, storage: &StorageSettings, settings: &BackendSettings) -> Result<()> {
+        self.reconfigure_inner(storage, settings, false)
+    }
+
+    fn reconfigure_inner(&self, storage: &StorageSettings, settings: &BackendSettings, commit: bool) -> Result<()> {
+        let fresh = Backend::build(storage, settings)?;
+        let (a, b) = (&self.inner, &fresh.inner);
+        if a.scheme != b.scheme {
+            return Err(invalid(format!(
+                "the storage type cannot change while running ({} -> {})",
+                a.scheme, b.scheme
+            )));
+        }
+        let old = a.live.load_full();
+        if a.side.is_some() {
+            // The memory service's data lives in its operator: keep it (and
+            // its retry/fault layers); only the timeout and latency change.
+            if old.op.info().root() != b.live.load().op.info().root() {
+                return Err(invalid("memory: `root` cannot change while running (the data lives in the operator)"));
+            }
+            if !commit {
+                return Ok(());
+            }
+            let n = b.live.load();
+            a.live.store(Arc::new(Live {
+                op: old.op.clone(),
+                timeout: n.timeout,
+                secrets: n.secrets.clone(),
+                latency: n.latency,
+                latency_prefix: n.latency_prefix.clone(),
+                faults_retried: old.faults_retried.clone(),
+                faults_final: old.faults_final.clone(),
+            }));
+            return Ok(());
+        }
+        let same = format!("{:?}", a.caps) == format!("{:?}", b.caps)
+            && format!("{:?}", a.cap) == format!("{:?}", b.cap)
+            && a.staged == b.staged
+            && a.fs_root == b.fs_root;
+        if !same {
+            return Err(invalid(format!(
+                "the new {} options change the service's capabilities or root; a restart is needed",
+                a.scheme
+            )));
+        }
+        if commit {
+            a.live.store(b.live.load_full());
+        }
+        Ok(())
     }
 
     /// The memory service's attribute table, if this is memory.
@@ -821,18 +903,19 @@ impl Backend {
     /// tests. `(0, 0)` when fault injection is off.
     pub fn injected_faults(&self) -> (u64, u64) {
         let n = |f: &Option<Arc<FaultState>>| f.as_ref().map_or(0, |f| f.injected());
-        (n(&self.inner.faults_retried), n(&self.inner.faults_final))
+        let live = self.inner.live.load();
+        (n(&live.faults_retried), n(&live.faults_final))
     }
 
     /// `inject_latency` (test only): sleep when any of `paths` starts with
     /// `inject_latency_paths` (or that prefix is empty).
     async fn inject_delay(&self, paths: &[&str]) {
-        let d = self.inner.latency;
-        if d.is_zero() {
-            return;
-        }
-        let pre = self.inner.latency_prefix.as_str();
-        if pre.is_empty() || paths.iter().any(|p| p.starts_with(pre)) {
+        let (d, hit) = {
+            let live = self.inner.live.load();
+            let pre = live.latency_prefix.as_str();
+            (live.latency, pre.is_empty() || paths.iter().any(|p| p.starts_with(pre)))
+        };
+        if !d.is_zero() && hit {
             tokio::time::sleep(d).await;
         }
     }
@@ -858,18 +941,19 @@ impl Backend {
     /// Convert an OpenDAL error, naming the operation and path.
     fn err(&self, what: &str, path: &str, e: opendal::Error) -> Error {
         let msg = format!("{} {what} `{path}`: {}", self.inner.scheme, describe(&e));
-        Error::new(map_kind(&e), redact_with(&self.inner.secrets, msg))
+        Error::new(map_kind(&e), redact_with(&self.inner.live.load().secrets, msg))
     }
 
     /// Bound a whole operation (retries included) by the configured timeout.
     /// Also counts the call for the metrics: "not found" and "already
     /// exists" answers are normal outcomes, not failures.
     async fn deadline<T>(&self, what: &str, path: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        let result = match tokio::time::timeout(self.inner.timeout, fut).await {
+        let limit = self.inner.live.load().timeout;
+        let result = match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
-                format!("{} {what} `{path}`: timed out after {:?}", self.inner.scheme, self.inner.timeout),
+                format!("{} {what} `{path}`: timed out after {limit:?}", self.inner.scheme),
             )),
         };
         let op = match what {
@@ -911,7 +995,7 @@ impl Backend {
             first.map_err(|e| {
                 let msg =
                     format!("{} back-end unusable (listing its root failed): {}", self.inner.scheme, describe(&e));
-                Error::new(map_kind(&e), redact_with(&self.inner.secrets, msg))
+                Error::new(map_kind(&e), redact_with(&self.inner.live.load().secrets, msg))
             })
         })
         .await
@@ -937,7 +1021,8 @@ impl Backend {
             });
         }
         let key = dir_key(path);
-        let (head, first) = futures::join!(self.op().stat(path), self.first_entry(&key));
+        let op = self.op();
+        let (head, first) = futures::join!(op.stat(path), self.first_entry(&key));
         match first {
             Ok(Some(entry)) => {
                 // The directory wins. Its marker (if listed first) gives mtime.
@@ -1541,7 +1626,7 @@ impl ObjectWriter {
     pub async fn close(mut self) -> Result<()> {
         let backend = self.backend.clone();
         let _gate = backend.side_excl().await;
-        let op = backend.op().clone();
+        let op = backend.op();
         let r = match self.inner.close().await {
             Ok(_) => match &self.staging {
                 Some(tmp) => op.rename(tmp, &self.path).await,

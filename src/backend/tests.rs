@@ -397,7 +397,7 @@ async fn s3_real_server() {
     // keys (AWS, MinIO can; SeaweedFS replaces one with the other).
     let both = b.write("dw", Bytes::from_static(b"f"), &PosixMeta::default()).await.is_ok()
         && b.write("dw/x", Bytes::from_static(b"x"), &PosixMeta::default()).await.is_ok()
-        && b.inner.op.stat("dw").await.is_ok();
+        && b.op().stat("dw").await.is_ok();
     if both {
         assert_eq!(b.lookup("dw").await.expect("dw").kind, EntryKind::Dir);
         let n = b.list("").await.expect("list");
@@ -432,7 +432,7 @@ async fn s3_real_server() {
     // emptied folders, like SeaweedFS, are left clean too).
     purge(&b, "").await;
     let opts = opendal::options::DeleteOptions { recursive: true, ..Default::default() };
-    let _ = b.inner.op.delete_options("/", opts).await;
+    let _ = b.op().delete_options("/", opts).await;
     assert!(b.list("").await.expect("list").is_empty(), "prefix purged");
     let top = opts_root_free(&opts_vec);
     let b0 = Backend::build(&top, &settings()).expect("bucket-root backend");
@@ -455,7 +455,7 @@ fn purge<'a>(b: &'a Backend, dir: &'a str) -> std::pin::Pin<Box<dyn Future<Outpu
                     purge(b, &p).await;
                     let _ = b.remove_dir(&p).await;
                     // A same-name file shadowed by the directory.
-                    let _ = b.inner.op.delete(&p).await;
+                    let _ = b.op().delete(&p).await;
                 }
             }
         }
@@ -937,4 +937,43 @@ async fn memory_concurrent_writes_keep_data_and_posix_together() {
     }
     let m = b.lookup("f").await.expect("lookup");
     assert_eq!(m.posix.uid, Some(m.size as u32 - 1));
+}
+
+#[tokio::test]
+async fn reconfigure_swaps_policy_and_operator_live() {
+    // memory: the data stays (its operator is kept); the timeout and the
+    // injected latency change at once.
+    let b = memory();
+    b.write("keep", Bytes::from_static(b"data"), &PosixMeta::default()).await.expect("write");
+    let slow =
+        BackendSettings { inject_latency: Duration::from_secs(3), timeout: Duration::from_secs(1), ..settings() };
+    b.reconfigure(&StorageSettings::default(), &slow).expect("reconfigure");
+    assert_eq!(kind(b.lookup("keep").await), ErrorKind::Timeout, "new timeout and latency in force");
+    b.reconfigure(&StorageSettings::default(), &settings()).expect("reconfigure back");
+    assert_eq!(b.read("keep", 0, 4).await.expect("read").as_ref(), b"data", "memory data kept");
+
+    // fs: another root or service is refused and changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let f = fs(&dir);
+    let other = tempfile::tempdir().unwrap();
+    let e = f.reconfigure(&storage("fs", &[("root", other.path().to_str().unwrap())]), &settings()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    let e = f.reconfigure(&StorageSettings::default(), &settings()).unwrap_err();
+    assert!(e.message().contains("storage type"), "{e}");
+    f.write("x", Bytes::from_static(b"1"), &PosixMeta::default()).await.expect("still the old root");
+    assert!(dir.path().join("root/x").exists());
+
+    // s3: credentials and endpoint change (no I/O needed to swap; the swap
+    // against a real server is tests/guest_reload.rs).
+    let s3 = |ak: &str, ep: &str| {
+        storage(
+            "s3",
+            &[("bucket", "b"), ("region", "r"), ("endpoint", ep), ("access_key_id", ak), ("secret_access_key", "s")],
+        )
+    };
+    let b = Backend::build(&s3("a1", "http://127.0.0.1:1"), &settings()).expect("s3");
+    b.check_reconfigure(&s3("a2", "http://127.0.0.1:2"), &settings()).expect("check");
+    b.reconfigure(&s3("a2", "http://127.0.0.1:2"), &settings()).expect("swap");
+    let e = b.reconfigure(&storage("s3", &[("bucket", "other"), ("region", "r")]), &settings());
+    assert!(e.is_ok(), "the back-end itself does not judge the bucket (reload.rs refuses it by key)");
 }

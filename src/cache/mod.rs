@@ -181,7 +181,9 @@ struct Inner {
     block_size: usize,
     /// Size of the class a full block uses (what pinned entries hold).
     full_size: usize,
-    ttl: Option<Duration>,
+    /// The TTL in nanoseconds, `u64::MAX` for none (a reload may change it:
+    /// [`BlockCache::set_ttl`]).
+    ttl: AtomicU64,
     clock: Clock,
     index: Mutex<Index>,
     hits: AtomicU64,
@@ -261,6 +263,11 @@ impl Index {
     }
 }
 
+/// A TTL as stored in [`Inner::ttl`].
+fn ttl_nanos(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(u64::MAX, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1))
+}
+
 impl BlockCache {
     /// A cache over `pool` using the system clock.
     pub fn new(pool: Pool, config: CacheConfig) -> io::Result<BlockCache> {
@@ -282,7 +289,7 @@ impl BlockCache {
                 pool,
                 block_size: bs,
                 full_size,
-                ttl: config.ttl,
+                ttl: AtomicU64::new(ttl_nanos(config.ttl)),
                 clock,
                 index: Mutex::new(Index::default()),
                 hits: AtomicU64::new(0),
@@ -296,6 +303,20 @@ impl BlockCache {
 
     pub fn block_size(&self) -> usize {
         self.inner.block_size
+    }
+
+    /// The TTL after which a cached block is revalidated (`None`: never).
+    pub fn ttl(&self) -> Option<Duration> {
+        match self.inner.ttl.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    /// Change the TTL (configuration reload): applies to every block at its
+    /// next lookup, including blocks already cached.
+    pub fn set_ttl(&self, ttl: Option<Duration>) {
+        self.inner.ttl.store(ttl_nanos(ttl), Ordering::Relaxed);
     }
 
     pub fn pool(&self) -> &Pool {
@@ -319,7 +340,7 @@ impl BlockCache {
         };
         let guard = Guard { entry: slot.entry.clone(), version: slot.version.clone() };
         let expired =
-            !slot.dirty_hint && inner.ttl.is_some_and(|ttl| now.saturating_duration_since(slot.fetched_at) >= ttl);
+            !slot.dirty_hint && self.ttl().is_some_and(|ttl| now.saturating_duration_since(slot.fetched_at) >= ttl);
         g.touch(key);
         drop(g);
         if expired && !read_data(&guard.entry).is_dirty() {
@@ -340,7 +361,7 @@ impl BlockCache {
         g.map.get(&key).is_some_and(|slot| {
             &*slot.version == version
                 && (slot.dirty_hint
-                    || self.inner.ttl.is_none_or(|ttl| now.saturating_duration_since(slot.fetched_at) < ttl))
+                    || self.ttl().is_none_or(|ttl| now.saturating_duration_since(slot.fetched_at) < ttl))
         })
     }
 

@@ -253,6 +253,12 @@ impl Pool {
         self.inner.limit.store(limit.min(self.inner.max_limit), Ordering::Relaxed);
     }
 
+    /// The bound the pool was created with: [`Pool::set_memory_limit`]
+    /// never goes above it.
+    pub fn max_memory_limit(&self) -> usize {
+        self.inner.max_limit
+    }
+
     /// Number of distinct block indices the pool can ever hand out (for
     /// tests and debugging tables indexed by [`Block::index`]).
     pub fn index_space(&self) -> usize {

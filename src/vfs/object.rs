@@ -292,6 +292,89 @@ impl Observer {
     }
 }
 
+/// Changes the options of a running [`ObjectFs`] (configuration reload);
+/// does nothing once the file system is gone.
+#[derive(Clone)]
+pub struct Tuner(std::sync::Weak<Core>);
+
+impl Tuner {
+    /// Take `opts` (TTLs, POSIX defaults, readahead, listing cache,
+    /// write-back, dirty limit: everything is read per request), the data
+    /// cache's TTL (`None`: no expiry) and its memory bound. Requests in
+    /// flight finish with the options they loaded.
+    ///
+    /// The memory bound is split as at start (the staged bytes' share, the
+    /// rest for the block pool) but cannot grow past the bound the pool was
+    /// created with ([`Tuner::max_memory_limit`]); blocks over a lowered
+    /// bound are evicted now.
+    pub fn apply(&self, mut opts: ObjectFsOptions, cache_ttl: Option<Duration>, memory_limit: usize) {
+        let Some(core) = self.0.upgrade() else { return };
+        // Never in a running file system.
+        opts.max_file_size = core.opts().max_file_size;
+        match &core.cache {
+            Some(cache) => {
+                let total = memory_limit.min(cache.pool().max_memory_limit());
+                let dirty = opts.dirty_limit.unwrap_or(total / 4).min(total / 2);
+                cache.set_ttl(cache_ttl);
+                cache.pool().set_memory_limit(total - dirty);
+                core.budget.limit.store(dirty as u64, Ordering::Relaxed);
+                while cache.pool().used_bytes() > total - dirty && cache.evict_one() {}
+                opts.dirty_limit = Some(dirty);
+            }
+            None => {
+                let dirty = opts.dirty_limit.unwrap_or(DEFAULT_DIRTY_LIMIT);
+                core.budget.limit.store(dirty as u64, Ordering::Relaxed);
+            }
+        }
+        if core.opts().dir_cache_ttl != opts.dir_cache_ttl {
+            core.listings.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        core.opts.store(Arc::new(opts));
+        core.budget.freed.notify_waiters();
+    }
+
+    /// The largest `memory_limit` a reload may set: the one the data cache
+    /// was created with (`None`: no data cache).
+    pub fn max_memory_limit(&self) -> Option<usize> {
+        self.0.upgrade().and_then(|c| c.cache.as_ref().map(|c| c.pool().max_memory_limit()))
+    }
+
+    /// See [`Backend::check_reconfigure`] (false once the file system is gone).
+    pub fn check_backend(
+        &self,
+        storage: &crate::config::StorageSettings,
+        settings: &crate::config::BackendSettings,
+    ) -> std::result::Result<(), String> {
+        match self.0.upgrade() {
+            Some(core) => core.backend.check_reconfigure(storage, settings).map_err(|e| e.message().to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Swap the back-end's operator ([`Backend::reconfigure`]).
+    pub fn reconfigure_backend(
+        &self,
+        storage: &crate::config::StorageSettings,
+        settings: &crate::config::BackendSettings,
+    ) -> std::result::Result<(), String> {
+        match self.0.upgrade() {
+            Some(core) => core.backend.reconfigure(storage, settings).map_err(|e| e.message().to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// The data cache's TTL (`Some(None)`: no expiry; `None`: no cache or
+    /// the file system is gone).
+    pub fn cache_ttl(&self) -> Option<Option<Duration>> {
+        self.0.upgrade().and_then(|c| c.cache.as_ref().map(|c| c.ttl()))
+    }
+
+    /// The current options (tests).
+    pub fn options(&self) -> Option<ObjectFsOptions> {
+        self.0.upgrade().map(|c| (*c.opts()).clone())
+    }
+}
+
 impl std::ops::Deref for ObjectFs {
     type Target = Core;
     fn deref(&self) -> &Core {
@@ -303,7 +386,9 @@ impl std::ops::Deref for ObjectFs {
 pub struct Core {
     backend: Backend,
     caps: Caps,
-    opts: ObjectFsOptions,
+    /// Replaced whole by a configuration reload ([`ObjectFs::tuner`]); read
+    /// with [`Core::opts`] (a lock-free load).
+    opts: arc_swap::ArcSwap<ObjectFsOptions>,
     inodes: InodeTable,
     files: HandleTable<FileHandle>,
     dirs: HandleTable<DirHandle>,
@@ -490,7 +575,7 @@ impl ObjectFs {
         let core = Core {
             backend,
             caps,
-            opts,
+            opts: arc_swap::ArcSwap::from_pointee(opts),
             inodes: InodeTable::new(),
             files: HandleTable::default(),
             dirs: HandleTable::default(),
@@ -523,7 +608,7 @@ impl ObjectFs {
     pub fn with_cache(mut self, cache: BlockCache) -> Self {
         let core = Arc::get_mut(&mut self.core).expect("with_cache before the file system is shared");
         let total = cache.pool().memory_limit();
-        let dirty = core.opts.dirty_limit.unwrap_or(total / 4).min(total / 2);
+        let dirty = core.opts().dirty_limit.unwrap_or(total / 4).min(total / 2);
         cache.pool().set_memory_limit(total - dirty);
         core.budget.limit.store(dirty as u64, Ordering::Relaxed);
         core.cache = Some(cache);
@@ -546,14 +631,19 @@ impl ObjectFs {
             return;
         };
         let weak = Arc::downgrade(&self.core);
-        let every = self.opts.flush_interval.max(Duration::from_millis(10));
         rt.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // `flush_interval` and `enabled_cache_write_back` are read at
+            // every round: a configuration reload changes them live.
             loop {
-                tick.tick().await;
+                let every = match weak.upgrade() {
+                    Some(core) => core.opts().flush_interval.max(Duration::from_millis(10)),
+                    None => break,
+                };
+                tokio::time::sleep(every).await;
                 let Some(core) = weak.upgrade() else { break };
-                core.flush_old(every).await;
+                if core.opts().write_back {
+                    core.flush_old(every).await;
+                }
             }
         });
     }
@@ -561,6 +651,12 @@ impl ObjectFs {
     /// Staged bytes held by open files, and the limit (tests, metrics).
     pub fn staged_bytes(&self) -> (u64, u64) {
         (self.budget.used.load(Ordering::Acquire), self.budget.limit.load(Ordering::Relaxed))
+    }
+
+    /// A handle through which a configuration reload changes this file
+    /// system's options while it serves (see [`Tuner`]).
+    pub fn tuner(&self) -> Tuner {
+        Tuner(Arc::downgrade(&self.core))
     }
 
     /// A handle for metrics gauges that reads this file system's counters
@@ -581,6 +677,11 @@ impl ObjectFs {
 }
 
 impl Core {
+    /// The current options (a configuration reload may replace them).
+    fn opts(&self) -> Arc<ObjectFsOptions> {
+        self.opts.load_full()
+    }
+
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<OpenFile>, usize)>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -655,8 +756,8 @@ impl Core {
             ctimensec: d.subsec_nanos(),
             mode: tbits | perm,
             nlink: if kind == Kind::Dir { 2 } else { 1 },
-            uid: posix.uid.unwrap_or(self.opts.uid),
-            gid: posix.gid.unwrap_or(self.opts.gid),
+            uid: posix.uid.unwrap_or(self.opts().uid),
+            gid: posix.gid.unwrap_or(self.opts().gid),
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -665,9 +766,9 @@ impl Core {
 
     fn default_perm(&self, kind: Kind) -> u32 {
         match kind {
-            Kind::Dir => self.opts.dir_mode,
+            Kind::Dir => self.opts().dir_mode,
             Kind::Symlink => 0o777,
-            Kind::File | Kind::Special(_) => self.opts.file_mode,
+            Kind::File | Kind::Special(_) => self.opts().file_mode,
         }
     }
 
@@ -684,8 +785,8 @@ impl Core {
             nodeid,
             generation: self.inodes.generation(),
             attr,
-            entry_valid: self.opts.entry_timeout,
-            attr_valid: self.opts.attr_timeout,
+            entry_valid: self.opts().entry_timeout,
+            attr_valid: self.opts().attr_timeout,
         }
     }
 
@@ -726,7 +827,7 @@ impl Core {
         if !in_backend {
             return Ok(s);
         }
-        let chunk = self.opts.part_size.max(1 << 20) as u64;
+        let chunk = self.opts().part_size.max(1 << 20) as u64;
         let mut off = 0u64;
         loop {
             let data = self.backend.read(path, off, chunk).await?;
@@ -802,7 +903,7 @@ impl Core {
             return Ok(());
         };
         let size = staged.size();
-        let part = self.opts.part_size as u64;
+        let part = self.opts().part_size as u64;
         if let Some(stream) = st.stream.take() {
             // The object's metadata is fixed when its upload starts: a
             // streamed file keeps the mode/owner it had then, and its `mtime`
@@ -992,7 +1093,7 @@ impl Core {
 
     /// Send the rest of a streamed file and complete its upload.
     async fn finish_stream(&self, path: &str, staged: &Staged, mut stream: Stream, size: u64) -> Result<()> {
-        let part = self.opts.part_size as u64;
+        let part = self.opts().part_size as u64;
         while stream.sent < size {
             let data = match staged.read(stream.sent, part.min(size - stream.sent) as usize) {
                 Ok(d) => d,
@@ -1018,7 +1119,7 @@ impl Core {
     /// stream: the whole file is uploaded at the durability point, unless
     /// parts were released already (then the failure is `lost`).
     async fn stream_parts(&self, nodeid: u64, file: &OpenFile, snap_posix: &PosixMeta, st: &mut FileState) {
-        let part = self.opts.part_size as u64;
+        let part = self.opts().part_size as u64;
         let Some(size) = st.staged.as_ref().map(|s| s.size()) else { return };
         let sent = st.stream.as_ref().map(|s| s.sent).unwrap_or(0);
         if !st.sequential || size < sent + 2 * part {
@@ -1093,7 +1194,7 @@ impl Core {
         if let Some(f) = self.open_file(nodeid) {
             let s = f.snap();
             if s.staged || !s.in_backend || s.unlinked {
-                return Ok((self.attr_from_snap(nodeid, &s), self.opts.attr_timeout));
+                return Ok((self.attr_from_snap(nodeid, &s), self.opts().attr_timeout));
             }
         }
         let (path, kind) = self.node(nodeid)?;
@@ -1104,7 +1205,7 @@ impl Core {
         if kind_of(&meta) != kind {
             return Err(Errno::ENOENT);
         }
-        Ok((self.attr_from_meta(nodeid, &meta), self.opts.attr_timeout))
+        Ok((self.attr_from_meta(nodeid, &meta), self.opts().attr_timeout))
     }
 
     /// Open a file node: returns the open-file state (reference taken).
@@ -1139,7 +1240,7 @@ impl Core {
 
     /// Set a file's size; `from_open` for the emptying of an O_TRUNC open.
     async fn truncate(&self, nodeid: u64, file: &OpenFile, size: u64, from_open: bool) -> Result<()> {
-        if size > self.opts.max_file_size {
+        if size > self.opts().max_file_size {
             return Err(Errno::EFBIG);
         }
         let mut st = file.state.lock().await;
@@ -1226,8 +1327,12 @@ impl Core {
             self.backend.create_dir_with(&t, &posix).await?;
             for e in self.backend.list(&f).await? {
                 moved += 1;
-                if moved > self.opts.rename_dir_limit {
-                    tracing::warn!(from, limit = self.opts.rename_dir_limit, "directory rename over rename_dir_limit");
+                if moved > self.opts().rename_dir_limit {
+                    tracing::warn!(
+                        from,
+                        limit = self.opts().rename_dir_limit,
+                        "directory rename over rename_dir_limit"
+                    );
                     return Err(Errno::EXDEV);
                 }
                 let (fc, tc) = (join(&f, &e.name), join(&t, &e.name));
@@ -1346,7 +1451,7 @@ impl Core {
             // Never more than a quarter of the pool: blocks read ahead must
             // not evict each other before they are read.
             let pool = cache.pool().memory_limit() as u64 / 4;
-            let max = (self.opts.readahead_max as u64).min(pool).max(bs);
+            let max = (self.opts().readahead_max as u64).min(pool).max(bs);
             ra.window = if ra.window == 0 { (2 * bs).min(max) } else { ra.window.saturating_mul(2).min(max) };
             let to = end.saturating_add(ra.window).min(object_size.unwrap_or(u64::MAX));
             let from = ra.issued.max(end - end % bs);
@@ -1364,7 +1469,7 @@ impl Core {
 
     /// A fresh cached listing of `dir`, if any.
     fn cached_listing(&self, dir: &str) -> Option<Arc<Vec<Listed>>> {
-        let ttl = self.opts.dir_cache_ttl;
+        let ttl = self.opts().dir_cache_ttl;
         if ttl.is_zero() {
             return None;
         }
@@ -1378,7 +1483,7 @@ impl Core {
             return Ok(l);
         }
         let l = Arc::new(self.list_dir(dir).await?);
-        let ttl = self.opts.dir_cache_ttl;
+        let ttl = self.opts().dir_cache_ttl;
         if !ttl.is_zero() {
             let mut g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
             if g.len() >= MAX_LISTINGS {
@@ -1397,7 +1502,7 @@ impl Core {
     /// cached, or its attributes lack POSIX metadata and `listing_attrs` is
     /// off).
     fn listed(&self, path: &str) -> Option<Option<Meta>> {
-        if path.is_empty() || !(self.caps.listing_has_posix || self.opts.listing_attrs) {
+        if path.is_empty() || !(self.caps.listing_has_posix || self.opts().listing_attrs) {
             return None;
         }
         let l = self.cached_listing(parent_of(path))?;
@@ -1411,7 +1516,7 @@ impl Core {
     /// `path` (or something below it) changed here: cached listings of its
     /// parent, itself and below are dropped.
     fn forget_listing(&self, path: &str) {
-        if self.opts.dir_cache_ttl.is_zero() {
+        if self.opts().dir_cache_ttl.is_zero() {
             return;
         }
         let mut g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
@@ -1479,7 +1584,7 @@ impl Core {
                 x.posix.gid = a.gid;
             }
         });
-        Ok((self.attr_from_snap(nodeid, &f.snap()), self.opts.attr_timeout))
+        Ok((self.attr_from_snap(nodeid, &f.snap()), self.opts().attr_timeout))
     }
 
     /// Drop a node's cached blocks (its object changed or is gone).
@@ -1535,9 +1640,9 @@ impl Filesystem for ObjectFs {
         };
         let meta = match found {
             Ok(m) => m,
-            Err(Errno::ENOENT) if !self.opts.negative_timeout.is_zero() => {
+            Err(Errno::ENOENT) if !self.opts().negative_timeout.is_zero() => {
                 // A negative entry (node id 0): the kernel caches the miss.
-                return Ok(Entry { entry_valid: self.opts.negative_timeout, ..Entry::default() });
+                return Ok(Entry { entry_valid: self.opts().negative_timeout, ..Entry::default() });
             }
             Err(e) => return Err(e),
         };
@@ -1634,8 +1739,8 @@ impl Filesystem for ObjectFs {
                     if p.mode.is_none() {
                         p.mode = Some(tbits | default_perm);
                     }
-                    p.uid = p.uid.or(Some(self.opts.uid));
-                    p.gid = p.gid.or(Some(self.opts.gid));
+                    p.uid = p.uid.or(Some(self.opts().uid));
+                    p.gid = p.gid.or(Some(self.opts().gid));
                     apply(&mut p);
                     // A directory marker on an object store keeps no metadata:
                     // a change to what it shows anyway (the defaults) is
@@ -1643,8 +1748,8 @@ impl Filesystem for ObjectFs {
                     let shown = kind == Kind::Dir
                         && !explicit_time
                         && p.mode.map(|m| m & 0o7777) == Some(default_perm)
-                        && p.uid == Some(self.opts.uid)
-                        && p.gid == Some(self.opts.gid);
+                        && p.uid == Some(self.opts().uid)
+                        && p.gid == Some(self.opts().gid);
                     match self.backend.set_posix(&path, &p).await {
                         Err(e) if shown && e.kind == ErrorKind::Unsupported => {}
                         r => r?,
@@ -1882,7 +1987,7 @@ impl Filesystem for ObjectFs {
         let (path, _, _) = self.inodes.get_any(nodeid).ok_or(Errno::ENOENT)?;
         let snap = h.file.snap();
         if let (Some(cache), Some(version)) = (&self.cache, snap.version) {
-            if self.opts.readahead_max > 0 {
+            if self.opts().readahead_max > 0 {
                 self.readahead(&h, cache, &path, &version, offset, size as u64, snap.object_size);
             }
             return self.read_cached(cache, nodeid, &path, &version, offset, size as u64).await;
@@ -1896,10 +2001,10 @@ impl Filesystem for ObjectFs {
             return Err(Errno::EBADF);
         }
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        if end > self.opts.max_file_size {
+        if end > self.opts().max_file_size {
             return Err(Errno::EFBIG);
         }
-        if self.opts.write_back {
+        if self.opts().write_back {
             self.start_flusher();
         }
         // Back-pressure: room for this write's bytes before it is staged.
@@ -2014,7 +2119,7 @@ impl Filesystem for ObjectFs {
             // A listing without POSIX metadata (S3) cannot tell a symlink or
             // a FIFO from a regular file: say "unknown" and let the kernel
             // LOOKUP it, rather than hand out an inode of the wrong type.
-            let typed = i < 2 || kind == Kind::Dir || self.caps.listing_has_posix || self.opts.listing_attrs;
+            let typed = i < 2 || kind == Kind::Dir || self.caps.listing_has_posix || self.opts().listing_attrs;
             let typ = if typed { kind.dirent_type() } else { libc::DT_UNKNOWN as u32 };
             let mut e = DirEntry { ino: u64::MAX, offset: i + 1, typ, name: name.into_bytes(), entry: None };
             if i < 2 {
@@ -2030,7 +2135,7 @@ impl Filesystem for ObjectFs {
                     };
                     e.ino = id;
                     let mut en = self.entry(id, attr);
-                    if !self.caps.listing_has_posix && !self.opts.listing_attrs {
+                    if !self.caps.listing_has_posix && !self.opts().listing_attrs {
                         // A directory's mode/owner are not in the listing:
                         // let the kernel ask (GETATTR) before trusting them.
                         en.attr_valid = Duration::ZERO;

@@ -81,7 +81,7 @@ impl Core {
         }
         let end = foffset.checked_add(len).ok_or(Errno::EINVAL)?;
         // The memfd grows (sparsely) to the mapped extent: bound it like a file.
-        if end > self.opts.max_file_size.saturating_add(len) {
+        if end > self.opts().max_file_size.saturating_add(len) {
             return Err(Errno::EFBIG);
         }
         // One reference on the open-file state per mapping.

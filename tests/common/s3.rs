@@ -410,3 +410,95 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+// ---------------------------------------------------------------- identities (key rotation)
+
+/// The identities JSON of a server started with [`S3Server::start_with_identities`]:
+/// the admin key ([`ACCESS_KEY`], which the test's own client uses) plus `keys`.
+fn identities_json(keys: &[(&str, &str)]) -> String {
+    let cred = |ak: &str, sk: &str| format!("{{\"accessKey\":\"{ak}\",\"secretKey\":\"{sk}\"}}");
+    let actions = "\"actions\":[\"Admin\",\"Read\",\"Write\",\"List\",\"Tagging\"]";
+    let mut ids = vec![format!("{{\"name\":\"admin\",\"credentials\":[{}],{actions}}}", cred(ACCESS_KEY, SECRET_KEY))];
+    if !keys.is_empty() {
+        let creds: Vec<String> = keys.iter().map(|(a, s)| cred(a, s)).collect();
+        ids.push(format!("{{\"name\":\"app\",\"credentials\":[{}],{actions}}}", creds.join(",")));
+    }
+    format!("{{\"identities\":[{}]}}\n", ids.join(","))
+}
+
+impl S3Server {
+    /// A fresh instance whose access keys come from an identities file
+    /// (`-s3.config`, see tests/tools/s3-local.sh): the admin key plus
+    /// `keys`. [`S3Server::set_identities`] changes them on the running server.
+    pub fn start_with_identities(keys: &[(&str, &str)]) -> S3Server {
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
+        let mut last_err = String::new();
+        for attempt in 0..8u32 {
+            let port = 20000 + (seed.wrapping_add(attempt.wrapping_mul(7919).wrapping_add(3)) % 9000);
+            if !port_free(port) || !port_free(port + 10000) {
+                continue;
+            }
+            let home = tempfile::Builder::new().prefix("ovfs-s3-").tempdir().expect("tempdir");
+            let ids = home.path().join("identities.json");
+            std::fs::write(&ids, identities_json(keys)).expect("write identities");
+            let out = Command::new("bash")
+                .arg(script())
+                .arg("start")
+                .env("S3_HOME", home.path())
+                .env("S3_PORT", port.to_string())
+                .env("S3_FRESH", "1")
+                .env("S3_IAM_CONFIG", &ids)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run s3-local.sh");
+            if out.status.success() {
+                let s = S3Server { port: port as u16, home };
+                s.spawn_watchdog();
+                return s;
+            }
+            last_err = format!(
+                "port {port}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            S3Server::stop_at(home.path(), port as u16);
+        }
+        panic!("could not start SeaweedFS with identities: {last_err}");
+    }
+
+    /// Replace the non-admin keys of a server started with
+    /// [`S3Server::start_with_identities`] (SIGHUP makes SeaweedFS re-read
+    /// the file) and wait until the server answers accordingly: every key
+    /// of `keys` works and every key of `revoked` is refused (403).
+    pub fn set_identities(&self, keys: &[(&str, &str)], revoked: &[(&str, &str)]) {
+        let ids = self.home.path().join("identities.json");
+        std::fs::write(&ids, identities_json(keys)).expect("write identities");
+        let pid = std::fs::read_to_string(self.home.path().join("weed.pid")).expect("weed.pid");
+        let ok = Command::new("kill").arg("-HUP").arg(pid.trim()).status().expect("kill").success();
+        assert!(ok, "SIGHUP to weed {}", pid.trim());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let good = keys.iter().all(|(a, s)| self.key_status(a, s) == 200)
+                && revoked.iter().all(|(a, s)| self.key_status(a, s) == 403);
+            if good {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "SeaweedFS did not take the new identities");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// HTTP status of a signed HEAD of the bucket with this key pair
+    /// (200: the key works; 403: refused).
+    pub fn key_status(&self, access_key: &str, secret_key: &str) -> u16 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .arg("--user")
+            .arg(format!("{access_key}:{secret_key}"))
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .arg(format!("{}/{BUCKET}", self.endpoint()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+}

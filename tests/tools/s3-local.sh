@@ -8,6 +8,8 @@
 #   status   exit 0 if running                             reset   stop + delete the data dir
 # Per-run instances: S3_HOME=$(mktemp -d) S3_PORT=18333 s3-local.sh start (the install is shared
 # through S3_PKG, default /tmp/s3-local/pkg).
+# S3_IAM_CONFIG=FILE: identities JSON (`-s3.config`); SIGHUP to the weed pid re-reads it, so keys
+# can be added and revoked on the running server (tests/common/s3.rs `S3Server::set_identities`).
 # Everything is bound to 127.0.0.1; telemetry is off; nothing leaves the machine.
 set -euo pipefail
 
@@ -53,7 +55,7 @@ cmd_start() {
       -dir="$S3_DATA" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
       -s3.port="$S3_PORT" -bucket="$S3_BUCKET" \
       -master.telemetry=false -webdav=false -admin.ui=false \
-      -s3.port.iceberg=0 -s3.port.lance=0 \
+      -s3.port.iceberg=0 -s3.port.lance=0 ${S3_IAM_CONFIG:+-s3.config="$S3_IAM_CONFIG"} \
       >"$S3_HOME/weed.log" 2>&1 &
   echo $! >"$S3_HOME/weed.pid"
   # ready = the bucket answers a signed HEAD (GET /status turns 200 ~1 s before the bucket exists)
