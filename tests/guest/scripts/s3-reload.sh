@@ -22,11 +22,8 @@ SHA=${OVFS_SHA:?ovfs.sha= missing}
 BEFORE=${OVFS_BEFORE:-3}
 AFTER=${OVFS_AFTER:-3}
 MAXWAIT=${OVFS_MAXWAIT:-120}
-reads=0 errors=0 fails=0
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
-now() { cut -d' ' -f1 /proc/uptime | cut -d. -f1; }
+. /lib.sh
+reads=0 errors=0
 
 cd "$M" || { echo "FAIL cd: cannot cd $M"; exit 1; }
 
@@ -48,7 +45,7 @@ phase() {
   t0=$(now)
   while ! [ -e "$1" ]; do
     read_once
-    if [ $(($(now) - t0)) -gt "$MAXWAIT" ]; then fail "$3-wait" "no $1 after ${MAXWAIT}s"; return 1; fi
+    if ! le "$(sub "$t0" "$(now)")" "$MAXWAIT"; then fail "$3-wait" "no $1 after ${MAXWAIT}s"; return 1; fi
   done
   pass "$3-seen"
   i=0
