@@ -23,8 +23,14 @@ emit() {
   log "$2 $3 $5 run $6: $7 $8 ${extra}"
 }
 
-# release binaries of this tree
+# release binaries of this tree (BENCH_OVFS_BIN and BENCH_S3BENCH_BIN: use these instead, e.g. to
+# compare two builds of ovfs against the same peers)
 build_ovfs() {
+  if [ -n "${BENCH_OVFS_BIN:-}" ]; then
+    OVFS_BIN=$BENCH_OVFS_BIN S3BENCH_BIN=${BENCH_S3BENCH_BIN:?BENCH_S3BENCH_BIN with BENCH_OVFS_BIN}
+    export OVFS_BIN S3BENCH_BIN
+    return 0
+  fi
   (cd "$repo" && cargo build --release --quiet --bin ovfs --bin ovfs-s3bench)
   local target
   target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

@@ -16,7 +16,11 @@
 #      BENCH_S3_NSMALL (1000), BENCH_S3_RSS_MIB (4096), BENCH_S3_MEMORY_LIMIT (256MiB),
 #      BENCH_S3_GUEST=0 (skip the guest part), BENCH_S3_HOST=0 (skip the host part),
 #      BENCH_S3_GUEST_SEQ_MIB (64), BENCH_S3_GUEST_RAND_SECS (10), BENCH_S3_GUEST_META_N (200),
-#      BENCH_KEEP_S3=1 (keep the server's data directory; by default it is deleted at exit)
+#      BENCH_KEEP_S3=1 (keep the server's data directory; by default it is deleted at exit),
+#      BENCH_S3_WORKLOADS (host workloads to run; default "cold-read write-fsync ls-l small-files mem"),
+#      BENCH_S3_PEERS (default "direct ovfs rclone s3fs"); e.g. the small-files figures alone:
+#        BENCH_S3_GUEST=0 BENCH_S3_WORKLOADS=small-files BENCH_S3_PEERS="direct ovfs s3fs" bench/s3.sh
+# For ovfs small-files, the back-end calls per file (from --metrics-addr) go into the JSON line.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ -z "${OVFS_TEST_S3_ENDPOINT:-}" ]; then exec "$here/../tests/tools/with-s3.sh" "$0" "$@"; fi
@@ -83,7 +87,8 @@ mount_peer() {  # peer mountpoint [bucket-prefix]: mount and wait; sets mount_pi
       ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "memory_limit = \"$memlimit\"
 dir_cache_ttl = \"30s\"
 listing_attrs = true"
-      start_bg "$W/ovfs-m$n_mount.log" "$OVFS_BIN" mount --config "$W/ovfs-m$n_mount.toml" "$m" ;;
+      rm -f "$W/metrics.sock"
+      start_bg "$W/ovfs-m$n_mount.log" "$OVFS_BIN" --metrics-addr "unix:$W/metrics.sock" mount --config "$W/ovfs-m$n_mount.toml" "$m" ;;
     rclone)
       # (AWS_CA_BUNDLE, if set, breaks rclone's custom transport; the server is plain http)
       start_bg "$W/rclone-m$n_mount.log" env -u AWS_CA_BUNDLE rclone mount ":s3:$BK/$pre" "$m" --config /dev/null \
@@ -113,19 +118,28 @@ mbps() { awk -v b="$1" -v s="$2" 'BEGIN{printf "%.2f", b / s / 1e6}'; }
 jget() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 jbool() { case "$1" in True) echo true ;; *) echo false ;; esac; }
 
-peers=(direct ovfs rclone s3fs)
+read -r -a peers <<<"${BENCH_S3_PEERS:-direct ovfs rclone s3fs}"
+workloads=" ${BENCH_S3_WORKLOADS:-cold-read write-fsync ls-l small-files mem} "
+want() { [[ "$workloads" == *" $1 "* ]]; }
+# ovfs_backend_calls_total summed over the mount's ops, as "op=N ..." (curl on the unix socket)
+backend_calls() {  # socket
+  curl -s --unix-socket "$1" http://ovfs/metrics |
+    awk -F'[",} ]+' '/^ovfs_backend_calls_total/{n[$4]+=$NF} END{for (o in n) printf "%s=%d ", o, n[o]}'
+}
 
 if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
   log "s3 host suite: $RUNS runs; big $((big / 1048576)) MiB, ls of $nlist, $nsmall small files"
   t=$(now)
-  s3b write big.bin "$big" >/dev/null
-  s3b mkdir list >/dev/null
-  s3b populate list "$nlist" 64 >/dev/null
+  if want cold-read; then s3b write big.bin "$big" >/dev/null; fi
+  if want ls-l; then
+    s3b mkdir list >/dev/null
+    s3b populate list "$nlist" 64 >/dev/null
+  fi
   log "set-up (big.bin, $nlist objects) in $(elapsed "$t") s"
   for run in $(seq 1 "$RUNS"); do
     order=$(rotate "$run" "${peers[@]}")
     # cold sequential read
-    for p in $order; do
+    want cold-read && for p in $order; do
       if [ "$p" = direct ]; then
         read -r secs _ < <(s3b read big.bin)
       else
@@ -136,7 +150,7 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
       emit "$out" s3 cold-read 1 "$p" "$run" "$(mbps "$big" "$secs")" MB/s
     done
     # write + fsync, durable?
-    for p in $order; do
+    want write-fsync && for p in $order; do
       key=w-$p-$run.bin
       if [ "$p" = direct ]; then
         read -r secs _ < <(s3b write "$key" "$big")
@@ -152,7 +166,7 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
       fi
     done
     # ls -l of NLIST objects on a cold mount
-    for p in $order; do
+    want ls-l && for p in $order; do
       if [ "$p" = direct ]; then
         read -r secs n < <(s3b list list)
       else
@@ -168,24 +182,36 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
       emit "$out" s3 ls-l 1 "$p" "$run" "$secs" s "\"entries\":$n"
     done
     # small files, each durable at close
-    for p in $order; do
+    want small-files && for p in $order; do
       dir=small-$p-$run
       if [ "$p" = direct ]; then
         read -r secs _ < <(s3b put-many "$dir" "$nsmall" 4096)
         emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$secs" 'BEGIN{printf "%.1f", n / s}')" files/s "\"durable\":$nsmall,\"count\":$nsmall"
       else
         mount_peer "$p" "$W/mnt"
+        c0=''; [ "$p" = ovfs ] && c0=$(backend_calls "$W/metrics.sock")
         j=$("$here/s3io.py" small "$W/mnt/$dir" "$nsmall" 4096 "$dir")
+        calls=''
+        if [ "$p" = ovfs ]; then
+          # back-end calls per file (the mkdir of the directory included), by operation
+          c1=$(backend_calls "$W/metrics.sock")
+          calls=$(awk -v a="$c0" -v b="$c1" -v n="$nsmall" 'BEGIN{
+            split(a, x, " "); for (i in x) { split(x[i], kv, "="); o[kv[1]] = kv[2] }
+            split(b, y, " "); for (i in y) { split(y[i], kv, "="); d = kv[2] - o[kv[1]]; t += d
+              if (d) printf ",\"%s_per_file\":%.2f", kv[1], d / n }
+            printf ",\"calls_per_file\":%.2f", t / n }')
+        fi
         umount_peer
         emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$(jget "$j" secs)" 'BEGIN{printf "%.1f", n / s}')" files/s \
-          "\"durable\":$(jget "$j" durable),\"count\":$nsmall"
+          "\"durable\":$(jget "$j" durable),\"count\":$nsmall$calls"
       fi
     done
     # free the server's disk: big written objects
-    mount_peer ovfs "$W/mnt"; rm -f "$W/mnt"/w-*-"$run".bin; umount_peer
+    if want write-fsync; then mount_peer ovfs "$W/mnt"; rm -f "$W/mnt"/w-*-"$run".bin; umount_peer; fi
   done
 
   # ovfs daemon memory during a RSSBIG write then read
+  if want mem; then
   log "ovfs memory: $rssmib MiB write then read, memory_limit $memlimit"
   mount_peer ovfs "$W/mnt"
   pid=$mount_pid
@@ -227,6 +253,7 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
   emit "$out" s3 mem-system-shmem-delta-max 1 ovfs 1 "$(awk -v k="$mx_sys" 'BEGIN{printf "%.1f", k/1024}')" MiB "$x"
   emit "$out" s3 mem-write 1 ovfs 1 "$(mbps $((rssmib * 1048576)) "$wsecs")" MB/s "$x"
   emit "$out" s3 mem-read 1 ovfs 1 "$(mbps $((rssmib * 1048576)) "$rsecs")" MB/s "$x"
+  fi
 fi
 
 if [ "${BENCH_S3_GUEST:-1}" = 1 ]; then

@@ -9,14 +9,25 @@
 //! - the sha256 of `big.bin`, read through the window, is the back-end's;
 //! - `w.bin` is created with plain writes, overwritten in place (writable
 //!   DAX mapping), written through mmap + msync + fsync (`tests/guest/dax-mmap.c`,
-//!   built statically here), read back, and read again after a remount.
+//!   built statically here), read back, and read again after a remount
+//!   (a second boot; the memory case: after a cache drop in the same boot).
 //!
 //! The host then checks the back-end's `w.bin` byte for byte against what
 //! the guest wrote, and the daemon's log for the SETUPMAPPING counts (so a
 //! guest that silently fell back to FUSE READ/WRITE fails the test).
 //!
 //! Cases: the object-store file system over OpenDAL's `fs` service and over
-//! S3 (SeaweedFS, `tests/common/s3.rs`), and the passthrough file system.
+//! S3 (SeaweedFS, `tests/common/s3.rs`), the passthrough file system, and the
+//! memory back-end. The memory back-end starts empty and dies with the daemon,
+//! so that case is one boot: the guest writes `big.bin` itself (in place
+//! through writable DAX mappings), runs the same steps, then drops its caches
+//! (the files' inodes are evicted: FORGET and REMOVEMAPPING reach the daemon)
+//! and reads `big.bin` and `w.bin` back through the window, compared by
+//! sha256 with what the host computes. There is no host view of a memory
+//! back-end; what the host checks instead, from the daemon's metrics
+//! (`--metrics-addr`, scraped while the guest waits on the console), is that
+//! after the drop nothing is dirty and the back-end took the writes, and that
+//! the rereads fetched from the back-end.
 //! The test fails (never skips) when the chroot cannot be built; it needs
 //! root, network on first use (~450 MB download, then cached), gcc, and what
 //! `tests/tools/install-deps.sh` installs. Guests take turns.
@@ -25,6 +36,7 @@
 mod s3;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -77,6 +89,8 @@ enum Store<'a> {
     S3(&'a S3Server, String),
     /// PassthroughFs of the data dir.
     Passthrough,
+    /// ObjectFs over OpenDAL's memory service (one boot, see the module note).
+    Memory,
 }
 
 struct Daemon(Child);
@@ -122,6 +136,10 @@ impl Case<'_> {
             Store::Passthrough => {
                 cmd.arg("--shared-dir").arg(&self.data);
             }
+            Store::Memory => {
+                fs::write(&cfg, "[storage_settings]\ntype = \"memory\"\n").unwrap();
+                cmd.arg("--config").arg(&cfg).arg("--metrics-addr").arg(format!("unix:{}", self.metrics().display()));
+            }
         }
         let d = Daemon(cmd.stderr(fs::File::create(log).unwrap()).spawn().expect("start ovfs"));
         let t0 = Instant::now();
@@ -132,8 +150,14 @@ impl Case<'_> {
         d
     }
 
+    fn metrics(&self) -> PathBuf {
+        self.work.join("metrics.sock")
+    }
+
     /// Boot the guest against a fresh daemon; returns (console, daemon log, seconds).
-    fn boot(&self, phase: &str, params: &str) -> (String, String, f64) {
+    /// Each `DAX-WAIT NAME` line the guest prints calls `on_wait(NAME)`, then
+    /// the guest gets a line on its console and goes on.
+    fn boot(&self, phase: &str, params: &str, on_wait: &mut dyn FnMut(&str)) -> (String, String, f64) {
         let log = self.work.join(format!("ovfs-{phase}.log"));
         let mut daemon = self.daemon(&log);
         let console = self.work.join(format!("console-{phase}.log"));
@@ -151,13 +175,27 @@ impl Case<'_> {
         let r = self.root.display();
         let script = format!("mount --bind /dev {r}/dev && mount -t proc proc {r}/proc && exec chroot {r} {qemu}");
         let t0 = Instant::now();
-        let st = Command::new("timeout")
+        let mut qemu = Command::new("timeout")
             .args(["-k", "10", "600", "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(fs::File::create(&console).unwrap())
-            .stderr(Stdio::piped())
-            .output()
+            .stderr(fs::File::create(self.work.join(format!("qemu-{phase}.err"))).unwrap())
+            .spawn()
             .expect("run qemu");
+        let mut waits_seen = 0;
+        let status = loop {
+            if let Some(st) = qemu.try_wait().unwrap() {
+                break st;
+            }
+            let waits: Vec<String> =
+                read(&console).lines().filter_map(|l| l.trim().strip_prefix("DAX-WAIT ").map(str::to_string)).collect();
+            for w in &waits[waits_seen..] {
+                on_wait(w);
+                let _ = writeln!(qemu.stdin.as_mut().unwrap(), "go");
+            }
+            waits_seen = waits.len();
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let secs = t0.elapsed().as_secs_f64();
         // The daemon exits when QEMU disconnects.
         let t1 = Instant::now();
@@ -170,11 +208,10 @@ impl Case<'_> {
         let dlog = read(&log);
         if !con.contains("OVFS-GUEST-END rc=0") || !con.contains("DAX-OK") {
             panic!(
-                "[{}/{phase}] guest failed (qemu {:?}, {secs:.1}s; work dir {} kept):\nqemu stderr: {}\nconsole:\n{con}\novfs log:\n{dlog}",
+                "[{}/{phase}] guest failed (qemu {status:?}, {secs:.1}s; work dir {} kept):\nqemu stderr: {}\nconsole:\n{con}\novfs log:\n{dlog}",
                 self.name,
-                st.status,
                 self.work.display(),
-                String::from_utf8_lossy(&st.stderr),
+                read(&self.work.join(format!("qemu-{phase}.err"))),
             );
         }
         (con, dlog, secs)
@@ -215,15 +252,21 @@ fn run_case(name: &str, store: Store<'_>, big_len: usize) {
         .unwrap();
     assert!(st.success(), "build-initramfs failed");
 
-    // The back-end's big file.
-    let big = pseudo_random(0xDA7 + big_len as u64, big_len);
+    // The back-end's big file (the memory case's guest writes it itself).
+    let seed = 0xDA7 + big_len as u64;
+    let big = pseudo_random(seed, big_len);
     let big_sha = sha256(&big);
+    let mut params = format!("ovfs.bigsha={big_sha}");
     match &case.store {
         Store::S3(s3, prefix) => s3.client().put(&format!("{prefix}/big.bin"), &big, &[]),
+        Store::Memory => params.push_str(&format!(" ovfs.gen={seed}:{big_len}")),
         _ => fs::write(data.join("big.bin"), &big).unwrap(),
     }
 
-    let (con, dlog, secs) = case.boot("write", &format!("ovfs.bigsha={big_sha}"));
+    // Memory case: metrics at the guest's two waits (after the cache drop, after the rereads).
+    let mut snaps: Vec<(String, String)> = Vec::new();
+    let metrics = case.metrics();
+    let (con, dlog, secs) = case.boot("write", &params, &mut |w| snaps.push((w.to_string(), scrape(&metrics))));
     let line = |prefix: &str| con.lines().find(|l| l.contains(prefix)).unwrap_or("").trim().to_string();
     let dmesg = line("DAX-DMESG:");
     assert!(dmesg.contains("Cache len: 0x4000000"), "[{name}] window not 64 MiB: {dmesg}");
@@ -231,13 +274,17 @@ fn run_case(name: &str, store: Store<'_>, big_len: usize) {
 
     // Back-end bytes of w.bin.
     let want = expected_w(&big);
+    let want_sha = sha256(&want);
+    assert!(line("DAX-SHA w.bin").ends_with(&want_sha), "[{name}] guest's w.bin sha");
     let got = match &case.store {
         Store::S3(s3, prefix) => s3.client().get(&format!("{prefix}/w.bin")).expect("w.bin in the bucket"),
+        Store::Memory => {
+            check_memory(name, &con, &snaps, &big_sha, &want_sha);
+            want.clone()
+        }
         _ => fs::read(data.join("w.bin")).expect("w.bin in the back-end"),
     };
     assert!(got == want, "[{name}] w.bin in the back-end differs ({} bytes, want {})", got.len(), want.len());
-    let want_sha = sha256(&want);
-    assert!(line("DAX-SHA w.bin").ends_with(&want_sha), "[{name}] guest's w.bin sha");
 
     // The guest really used the window.
     let (mut setups, mut writable) = (0u64, 0u64);
@@ -258,8 +305,19 @@ fn run_case(name: &str, store: Store<'_>, big_len: usize) {
     assert!(setups >= min_setups, "[{name}] only {setups} SETUPMAPPING (want >= {min_setups}); log:\n{dlog}");
     assert!(writable >= 1, "[{name}] no writable mapping; log:\n{dlog}");
 
+    if matches!(case.store, Store::Memory) {
+        eprintln!(
+            "[{name}] OK ({secs:.1}s, one boot): {dmesg}; big.bin {} MiB written by the guest, sha256 {big_sha} \
+             read through DAX before and after a cache drop; w.bin {want_sha} after it; \
+             {setups} SETUPMAPPING ({writable} writable)",
+            big_len / MIB
+        );
+        let _ = fs::remove_dir_all(&work);
+        return;
+    }
+
     // Second boot, fresh daemon: read back through DAX from the back-end.
-    let (con2, _, secs2) = case.boot("verify", &format!("ovfs.wsha={want_sha}"));
+    let (con2, _, secs2) = case.boot("verify", &format!("ovfs.wsha={want_sha}"), &mut |_| {});
     assert!(con2.contains(&format!("DAX-SHA-REMOUNT w.bin {want_sha}")), "[{name}] w.bin after remount");
     eprintln!(
         "[{name}] OK ({secs:.1}s + {secs2:.1}s): {dmesg}; big.bin {} MiB sha256 {big_sha} read through DAX; \
@@ -267,6 +325,53 @@ fn run_case(name: &str, store: Store<'_>, big_len: usize) {
         big_len / MIB
     );
     let _ = fs::remove_dir_all(&work);
+}
+
+/// GET /metrics from the daemon's unix socket (the body; empty on failure).
+fn scrape(sock: &Path) -> String {
+    let mut body = String::new();
+    if let Ok(mut c) = std::os::unix::net::UnixStream::connect(sock) {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        if c.write_all(b"GET /metrics HTTP/1.1\r\nHost: ovfs\r\n\r\n").is_ok() {
+            let _ = c.read_to_string(&mut body);
+        }
+    }
+    body
+}
+
+fn metric_opt(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    metric_opt(body, name).unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+}
+
+/// Memory case: the rereads after the cache drop have the written bytes, and
+/// the metrics scraped at the guest's waits show the data was in the back-end
+/// (nothing dirty) by the drop and the rereads fetched it from there.
+fn check_memory(name: &str, con: &str, snaps: &[(String, String)], big_sha: &str, w_sha: &str) {
+    assert!(con.contains(&format!("DAX-SHA-REREAD big.bin {big_sha}")), "[{name}] big.bin reread");
+    assert!(con.contains(&format!("DAX-SHA-REREAD w.bin {w_sha}")), "[{name}] w.bin reread");
+    let names: Vec<&str> = snaps.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(names, ["dropped", "reread"], "[{name}] the guest's waits");
+    let (at_drop, at_end) = (&snaps[0].1, &snaps[1].1);
+    let calls = |body: &str, op: &str| metric(body, &format!("ovfs_backend_calls_total{{mount=\"root\",op=\"{op}\"}}"));
+    assert_eq!(metric(at_drop, "ovfs_dirty_bytes{mount=\"root\"}"), 0.0, "[{name}] dirty after the cache drop");
+    let writes = calls(at_drop, "write");
+    assert!(writes >= 2.0, "[{name}] {writes} back-end writes for big.bin and w.bin by the cache drop");
+    let reads = calls(at_end, "read") - calls(at_drop, "read");
+    assert!(reads >= 2.0, "[{name}] the rereads after the cache drop made {reads} back-end reads (want >= 2)");
+    assert_eq!(calls(at_end, "write"), writes, "[{name}] rereads wrote to the back-end");
+    eprintln!(
+        "[{name}] metrics: {writes} back-end writes by the cache drop, dirty 0; {reads} back-end reads for the rereads; \
+         cache hits {} misses {}",
+        metric_opt(at_end, "ovfs_cache_hits_total{mount=\"root\"}").unwrap_or(-1.0),
+        metric_opt(at_end, "ovfs_cache_misses_total{mount=\"root\"}").unwrap_or(-1.0)
+    );
 }
 
 fn read(p: &Path) -> String {
@@ -281,6 +386,11 @@ fn guest_dax_object_fs() {
 #[test]
 fn guest_dax_passthrough() {
     run_case("passthrough", Store::Passthrough, 16 * MIB);
+}
+
+#[test]
+fn guest_dax_memory() {
+    run_case("memory", Store::Memory, 64 * MIB);
 }
 
 #[test]

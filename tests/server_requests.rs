@@ -336,3 +336,32 @@ async fn setattr_time_overflow_is_einval() {
     assert_eq!(errno(&s, &r).await, libc::EINVAL);
     alive(&s).await;
 }
+
+fn interrupt(unique: u64, target: u64) -> Vec<u8> {
+    client::request(Opcode::Interrupt, unique, 0, &[abi::fuse_interrupt_in { unique: target }.as_bytes()])
+}
+
+/// INTERRUPT cancels a read-only request that waits (EINTR), also one whose
+/// INTERRUPT came before it started waiting. Every back-end call takes 60 s
+/// here: without the cancellation the LOOKUPs would answer ENOENT after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_cancels_waiting_requests() {
+    let mut cfg = Config::default_memory();
+    cfg.backend_settings.inject_latency = std::time::Duration::from_secs(60);
+    let s = ovfs::cli::build_server(&cfg).expect("memory server").0;
+    assert_eq!(errno(&s, &client::init(2, 0)).await, 0);
+
+    // The LOOKUP waits on the back-end; the INTERRUPT comes meanwhile (or,
+    // on a slow machine, before it waits: cancelled either way).
+    let s2 = s.clone();
+    let slow = tokio::spawn(async move { call(&s2, &client::lookup(100, 1, "slow")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(call(&s, &interrupt(101, 100)).await.is_none(), "INTERRUPT takes no reply");
+    let r = slow.await.unwrap().expect("a reply");
+    assert_eq!((r.errno, r.unique), (libc::EINTR, 100));
+
+    // The INTERRUPT first: the LOOKUP is cancelled as soon as it waits.
+    assert!(call(&s, &interrupt(102, 200)).await.is_none());
+    let r = call(&s, &client::lookup(200, 1, "slow2")).await.expect("a reply");
+    assert_eq!((r.errno, r.unique), (libc::EINTR, 200));
+}

@@ -4,11 +4,17 @@
 //! bounds-checked [`Reader`]; any decoding failure becomes an errno reply.
 //! Requests are independent futures (the transport runs each as its own task),
 //! so replies complete out of order. Read-only requests can be cancelled by
-//! INTERRUPT; the lock guarding that table is never held across `.await`.
+//! INTERRUPT once they wait: a request is entered in the table of
+//! cancellable ones only when its first poll did not finish it (most finish
+//! there, and skip the table's lock and the abort handle's allocation); an
+//! INTERRUPT for a request not in the table is remembered (a few, bounded) so
+//! a request interrupted during its first poll is cancelled when it enters.
+//! The lock guarding that table is never held across `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::{AbortHandle, Abortable, BoxFuture};
@@ -46,6 +52,19 @@ const BASE_FLAGS: u64 = abi::FUSE_ASYNC_READ
     | abi::FUSE_MAX_PAGES
     | abi::FUSE_INIT_EXT;
 
+/// INTERRUPTs remembered for requests not (yet) in the table.
+const EARLY_INTERRUPTS: usize = 64;
+
+/// Cancellable requests that wait, and INTERRUPTs that found none.
+#[derive(Default)]
+struct Inflight {
+    waiting: HashMap<u64, AbortHandle>,
+    /// `unique`s of INTERRUPTs that came before their request waited (or
+    /// after it finished: uniques are not reused within a session, so such
+    /// entries only age out).
+    early: VecDeque<u64>,
+}
+
 /// Serves FUSE requests for one file system.
 pub struct Server<F> {
     fs: F,
@@ -53,8 +72,8 @@ pub struct Server<F> {
     initialized: AtomicBool,
     /// INIT flags agreed with the kernel (some change request layouts).
     negotiated: AtomicU64,
-    /// In-flight cancellable requests by `unique`.
-    inflight: Mutex<HashMap<u64, AbortHandle>>,
+    /// In-flight cancellable requests that had to wait, by `unique`.
+    inflight: Mutex<Inflight>,
     /// DAX window, when the transport has one ([`Server::enable_dax`]).
     dax: OnceLock<Dax>,
 }
@@ -66,7 +85,7 @@ impl<F: Filesystem> Server<F> {
             opts,
             initialized: AtomicBool::new(false),
             negotiated: AtomicU64::new(0),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::default(),
             dax: OnceLock::new(),
         }
     }
@@ -143,13 +162,32 @@ impl<F: Filesystem> Server<F> {
                 | Opcode::Lseek
         );
         let result = if cancellable {
-            let (handle, reg) = AbortHandle::new_pair();
-            self.lock_inflight().insert(unique, handle);
-            let r = Abortable::new(self.call(op, &ctx, h.nodeid, body), reg).await;
-            self.lock_inflight().remove(&unique);
-            match r {
-                Ok(r) => r,
-                Err(_) => Err(Errno::EINTR),
+            let mut call = std::pin::pin!(self.call(op, &ctx, h.nodeid, body));
+            match futures::poll!(call.as_mut()) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let (handle, reg) = AbortHandle::new_pair();
+                    let interrupted = {
+                        let mut g = self.lock_inflight();
+                        match g.early.iter().position(|u| *u == unique) {
+                            Some(i) => {
+                                g.early.remove(i);
+                                true
+                            }
+                            None => {
+                                g.waiting.insert(unique, handle);
+                                false
+                            }
+                        }
+                    };
+                    if interrupted {
+                        Err(Errno::EINTR)
+                    } else {
+                        let r = Abortable::new(call, reg).await;
+                        self.lock_inflight().waiting.remove(&unique);
+                        r.unwrap_or(Err(Errno::EINTR))
+                    }
+                }
             }
         } else {
             self.call(op, &ctx, h.nodeid, body).await
@@ -160,7 +198,7 @@ impl<F: Filesystem> Server<F> {
         }
     }
 
-    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -373,8 +411,15 @@ impl<F: Filesystem> Server<F> {
             }
             Opcode::Interrupt => {
                 if let Ok(a) = r.read::<abi::fuse_interrupt_in>() {
-                    if let Some(h) = self.lock_inflight().get(&a.unique) {
-                        h.abort();
+                    let mut g = self.lock_inflight();
+                    match g.waiting.get(&a.unique) {
+                        Some(h) => h.abort(),
+                        None => {
+                            if g.early.len() >= EARLY_INTERRUPTS {
+                                g.early.pop_front();
+                            }
+                            g.early.push_back(a.unique);
+                        }
                     }
                 }
                 None

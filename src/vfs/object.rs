@@ -24,7 +24,14 @@
 //! holding nothing else; an open file's `state` (tokio mutex) may be held
 //! across back-end calls and is the only lock ever held across `.await`; a
 //! file's `snap` (std mutex) is taken last and briefly. Never two `state`
-//! locks at once. `inflight`, `listings` and a handle's `ra` are leaves.
+//! locks at once. `inflight`, `listings`, `memo` and a handle's `ra` are
+//! leaves.
+//!
+//! Round trips saved (docs/PERFORMANCE.md, small files): a CREATE right
+//! after a LOOKUP that the back-end answered "not found" (within
+//! [`MISS_MEMO`]) skips its own existence check, and a directory's
+//! attributes are reused for `dir_cache_ttl` (the kernel asks for them again
+//! after every change inside it). See [`Memo`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -410,6 +417,49 @@ pub struct Core {
     flushed: AtomicU64,
     /// DAX mappings of staged files and the per-inode DAX policy.
     dax: dax::DaxState,
+    /// Fresh back-end answers reused to save round trips.
+    memo: Mutex<Memo>,
+}
+
+/// How long a "not found" from the back-end lets a CREATE of that path skip
+/// its existence check. The kernel sends CREATE right after the LOOKUP that
+/// missed, so this only has to cover that gap.
+pub const MISS_MEMO: Duration = Duration::from_secs(1);
+
+/// Entries kept per map of [`Memo`] before stale ones are dropped.
+const MAX_MEMO: usize = 4096;
+
+/// Fresh back-end answers reused to save round trips. What it gives up:
+/// - `misses`: a key another client of the bucket creates between a LOOKUP
+///   that missed and the CREATE right after it (at most [`MISS_MEMO`]) is
+///   not seen, and the new file replaces it at its first upload. Without the
+///   memo the window is the same in kind: a key created between the CREATE's
+///   check and the upload at FLUSH/RELEASE is replaced too (there is no
+///   conditional PUT here), so O_EXCL never held against other writers of
+///   the bucket; the memo widens that window by the LOOKUP-to-CREATE gap.
+///   An entry is used once, and any change of the path here drops it.
+/// - `dirs`: a directory's attributes, kept for `dir_cache_ttl` like a
+///   listing (off when that is 0). A directory removed or re-marked by
+///   another client shows its old attributes until then. Changes made here
+///   drop them: of the directory itself or below it, and of a child, except
+///   that adding or rewriting a file on a store without real directories
+///   leaves the parent's attributes as they are (an object store's directory
+///   marker does not change when keys below it do).
+#[derive(Default)]
+struct Memo {
+    misses: HashMap<String, Instant>,
+    dirs: HashMap<String, (Instant, Meta)>,
+}
+
+impl Memo {
+    fn bound<V>(m: &mut HashMap<String, V>, fresh: impl Fn(&V) -> bool) {
+        if m.len() >= MAX_MEMO {
+            m.retain(|_, v| fresh(v));
+            if m.len() >= MAX_MEMO {
+                m.clear();
+            }
+        }
+    }
 }
 
 fn kind_of(meta: &Meta) -> Kind {
@@ -589,6 +639,7 @@ impl ObjectFs {
             listings: Mutex::new(HashMap::new()),
             flusher: std::sync::atomic::AtomicBool::new(false),
             flushed: AtomicU64::new(0),
+            memo: Mutex::default(),
         };
         ObjectFs { core: Arc::new(core) }
     }
@@ -969,7 +1020,7 @@ impl Core {
         file.update(|x| x.in_backend = true);
         self.forget_cached(nodeid);
         if let Some((p, _, _)) = self.inodes.get_any(nodeid) {
-            self.forget_listing(&p);
+            self.forget_listing_added(&p);
         }
     }
 
@@ -1200,7 +1251,14 @@ impl Core {
         let (path, kind) = self.node(nodeid)?;
         let meta = match self.listed(&path) {
             Some(Some(m)) => m,
-            _ => self.backend.lookup(&path).await?,
+            _ => match (kind == Kind::Dir).then(|| self.memo_dir(&path)).flatten() {
+                Some(m) => m,
+                None => {
+                    let m = self.backend.lookup(&path).await?;
+                    self.note_dir(&path, &m);
+                    m
+                }
+            },
         };
         if kind_of(&meta) != kind {
             return Err(Errno::ENOENT);
@@ -1514,8 +1572,73 @@ impl Core {
     }
 
     /// `path` (or something below it) changed here: cached listings of its
-    /// parent, itself and below are dropped.
+    /// parent, itself and below are dropped, and so are the memos of
+    /// [`Memo`] for the same paths.
     fn forget_listing(&self, path: &str) {
+        self.forget_memo(path, true);
+        self.forget_listings(path);
+    }
+
+    /// [`Core::forget_listing`] for a file created or rewritten at `path`:
+    /// on a store without real directories its parent's attributes stay.
+    fn forget_listing_added(&self, path: &str) {
+        self.forget_memo(path, self.caps.native_dirs);
+        self.forget_listings(path);
+    }
+
+    fn lock_memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_memo(&self, path: &str, parent_too: bool) {
+        let mut m = self.lock_memo();
+        m.misses.remove(path);
+        if m.dirs.is_empty() {
+            return;
+        }
+        if parent_too {
+            m.dirs.remove(parent_of(path));
+        }
+        let prefix = format!("{path}/");
+        m.dirs.retain(|k, _| k != path && !(path.is_empty() || k.starts_with(&prefix)));
+    }
+
+    /// The back-end just said nothing is at `path`.
+    fn note_miss(&self, path: &str) {
+        let mut m = self.lock_memo();
+        Memo::bound(&mut m.misses, |at| at.elapsed() < MISS_MEMO);
+        m.misses.insert(path.to_string(), Instant::now());
+    }
+
+    /// Whether the back-end said nothing is at `path` less than
+    /// [`MISS_MEMO`] ago (the memo is used up).
+    fn take_miss(&self, path: &str) -> bool {
+        self.lock_memo().misses.remove(path).is_some_and(|at| at.elapsed() < MISS_MEMO)
+    }
+
+    /// Keep a directory's attributes just fetched from the back-end.
+    fn note_dir(&self, path: &str, meta: &Meta) {
+        let ttl = self.opts().dir_cache_ttl;
+        if ttl.is_zero() || meta.kind != EntryKind::Dir {
+            return;
+        }
+        let mut m = self.lock_memo();
+        Memo::bound(&mut m.dirs, |(at, _)| at.elapsed() < ttl);
+        m.dirs.insert(path.to_string(), (Instant::now(), meta.clone()));
+    }
+
+    /// A directory's attributes fetched less than `dir_cache_ttl` ago.
+    fn memo_dir(&self, path: &str) -> Option<Meta> {
+        let ttl = self.opts().dir_cache_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        let m = self.lock_memo();
+        m.dirs.get(path).filter(|(at, _)| at.elapsed() < ttl).map(|(_, meta)| meta.clone())
+    }
+
+    /// The listing part of [`Core::forget_listing`].
+    fn forget_listings(&self, path: &str) {
         if self.opts().dir_cache_ttl.is_zero() {
             return;
         }
@@ -1636,7 +1759,15 @@ impl Filesystem for ObjectFs {
             _ if self.local_new_file(&path).is_some() => self.stat_path(&path).await,
             Some(Some(m)) => Ok(m),
             Some(None) => Err(Errno::ENOENT),
-            None => self.stat_path(&path).await,
+            None => {
+                let r = self.stat_path(&path).await;
+                match &r {
+                    Err(Errno::ENOENT) => self.note_miss(&path),
+                    Ok(m) => self.note_dir(&path, m),
+                    Err(_) => {}
+                }
+                r
+            }
         };
         let meta = match found {
             Ok(m) => m,
@@ -1915,7 +2046,14 @@ impl Filesystem for ObjectFs {
         _umask: u32,
     ) -> Result<(Entry, u64, u32)> {
         let path = self.dir_child(parent, name)?;
-        if let Some(m) = self.exists(&path).await? {
+        // Right after a LOOKUP the back-end answered "not found": no second
+        // check (see `Memo` for what that gives up).
+        let existing = if self.take_miss(&path) && self.local_new_file(&path).is_none() {
+            None
+        } else {
+            self.exists(&path).await?
+        };
+        if let Some(m) = existing {
             if m.kind == EntryKind::Dir {
                 return Err(Errno::EISDIR);
             }
@@ -1935,7 +2073,7 @@ impl Filesystem for ObjectFs {
             };
         }
         let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
-        self.forget_listing(&path);
+        self.forget_listing_added(&path);
         let id = self.inodes.lookup(&path, Kind::File);
         let snap = Snapshot {
             staged: true,

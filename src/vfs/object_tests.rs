@@ -468,3 +468,97 @@ async fn s3_streamed_write_and_readahead() {
         100.0 * direct_time.as_secs_f64() / read_time.as_secs_f64()
     );
 }
+
+fn exact(log: &Log, entry: &str) -> usize {
+    log.lock().unwrap().iter().filter(|e| *e == entry).count()
+}
+
+/// The small-file sequence the kernel sends for open(O_CREAT|O_EXCL) +
+/// write + close: LOOKUP (miss), CREATE, WRITE, FLUSH, RELEASE, then a
+/// GETATTR of the directory (its attributes were invalidated by the
+/// create). One back-end lookup and one PUT per file: the CREATE trusts the
+/// LOOKUP's fresh miss, the directory's attributes come from the memo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_file_create_costs_one_lookup_and_one_put() {
+    let (b, log) = backend("memory", None, Duration::ZERO);
+    b.create_dir("d").await.unwrap();
+    let opts = ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), ..Default::default() };
+    let fs = ObjectFs::new(b.clone(), opts);
+    let d = fs.lookup(&ctx(), FUSE_ROOT_ID, b"d").await.unwrap().nodeid;
+    // Back-end calls by operation, misses included (the recorder logs only
+    // successful calls).
+    let calls = |op: &str| b.stats().snapshot().iter().find(|(o, _, _)| *o == op).map(|(_, c, _)| *c).unwrap();
+    let (stat0, write0) = (calls("stat"), calls("write"));
+    log.lock().unwrap().clear();
+    for i in 0..5 {
+        let name = format!("s{i}");
+        assert_eq!(fs.lookup(&ctx(), d, name.as_bytes()).await.err(), Some(crate::fuse::Errno::ENOENT));
+        let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+        let (e, fh, _) = fs.create(&ctx(), d, name.as_bytes(), 0o644, flags, 0).await.expect("create");
+        fs.write(&ctx(), e.nodeid, fh, 0, &[b'z'; 4096], 0).await.unwrap();
+        fs.flush(&ctx(), e.nodeid, fh).await.unwrap();
+        fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+        let (attr, _) = fs.getattr(&ctx(), d, None).await.unwrap();
+        assert_eq!(attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+    let l = log.lock().unwrap().clone();
+    assert_eq!(calls("stat") - stat0, 5, "one lookup per file (the LOOKUP's miss): {l:?}");
+    assert_eq!(calls("write") - write0, 5, "one PUT per file: {l:?}");
+    assert_eq!(exact(&log, "lookup d"), 0, "directory attributes from the memo: {l:?}");
+    for i in 0..5 {
+        assert_eq!(b.read(&format!("d/s{i}"), 0, 8192).await.unwrap().len(), 4096);
+    }
+
+    // An unlink in the directory drops its attributes (an implied
+    // directory can vanish with its last key): the next GETATTR asks.
+    fs.unlink(&ctx(), d, b"s0").await.unwrap();
+    fs.getattr(&ctx(), d, None).await.unwrap();
+    assert_eq!(exact(&log, "lookup d"), 1);
+}
+
+/// The CREATE skips its check only right after the back-end missed that very
+/// path: not after a local change of it, not once the memo is used up or
+/// stale, and an object created meanwhile by someone else is then found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_checks_again_unless_the_miss_is_fresh() {
+    let (b, log) = backend("memory", None, Duration::ZERO);
+    let fs = ObjectFs::new(b.clone(), ObjectFsOptions::default());
+    let excl = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+    let root = FUSE_ROOT_ID;
+
+    // A miss, then a local mkdir of the name: the CREATE checks (EISDIR).
+    assert!(fs.lookup(&ctx(), root, b"x").await.is_err());
+    fs.mkdir(&ctx(), root, b"x", 0o755, 0).await.unwrap();
+    assert_eq!(fs.create(&ctx(), root, b"x", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EISDIR));
+
+    // A stale miss: someone else created the key since; O_EXCL sees it.
+    assert!(fs.lookup(&ctx(), root, b"y").await.is_err());
+    b.write("y", Bytes::from_static(b"theirs"), &PosixMeta::default()).await.unwrap();
+    std::thread::sleep(super::MISS_MEMO + Duration::from_millis(50));
+    assert_eq!(fs.create(&ctx(), root, b"y", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+    assert_eq!(exact(&log, "lookup y"), 1, "the stale miss was checked again");
+
+    // A fresh miss is used once: a second CREATE of the name checks again.
+    assert!(fs.lookup(&ctx(), root, b"z").await.is_err());
+    let (e, fh, _) = fs.create(&ctx(), root, b"z", 0o644, excl, 0).await.unwrap();
+    fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+    assert_eq!(fs.create(&ctx(), root, b"z", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+}
+
+/// On a store with real directories a new file changes its directory's
+/// mtime: the directory's attributes are not reused after a create there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_attributes_follow_creates_on_native_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, log) = backend("fs", Some(dir.path()), Duration::ZERO);
+    b.create_dir("d").await.unwrap();
+    let opts = ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), ..Default::default() };
+    let fs = ObjectFs::new(b.clone(), opts);
+    let d = fs.lookup(&ctx(), FUSE_ROOT_ID, b"d").await.unwrap().nodeid;
+    fs.getattr(&ctx(), d, None).await.unwrap();
+    let before = exact(&log, "lookup d");
+    let (e, fh, _) = fs.create(&ctx(), d, b"f", 0o644, libc::O_WRONLY as u32, 0).await.unwrap();
+    fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+    fs.getattr(&ctx(), d, None).await.unwrap();
+    assert_eq!(exact(&log, "lookup d"), before + 1, "{:?}", log.lock().unwrap());
+}

@@ -5,6 +5,10 @@
  *   dax-mmap fsync FILE                 fsync the file
  *   dax-mmap seqread FILE BS            read the whole file with pread(BS); print MiB/s
  *   dax-mmap randread FILE COUNT        COUNT 4 KiB preads at random aligned offsets; print IOPS
+ *   dax-mmap gen FILE SEED LEN          create FILE, ftruncate it to LEN, then pwrite the bytes of
+ *                                       tests/common/s3.rs pseudo_random(SEED, LEN) in 1 MiB pieces
+ *                                       (in place, so under dax=always through writable DAX
+ *                                       mappings, not FUSE WRITE), fsync
  * Built statically by the test (gcc -static). Exit status 0 on success. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -58,7 +62,35 @@ static int bench(int seq, const char *path, long arg) {
     return close(fd) == 0 ? 0 : die("close");
 }
 
+/* The bytes of tests/common/s3.rs pseudo_random(seed, len), written into a
+ * file already truncated to len (so no write extends it). */
+static int gen(const char *path, unsigned long long seed, long long len) {
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return die("open");
+    if (ftruncate(fd, len) != 0) return die("ftruncate");
+    size_t bs = 1 << 20;
+    unsigned char *buf = malloc(bs);
+    if (!buf) return die("malloc");
+    unsigned long long x = (seed * 0x9E3779B97F4A7C15ULL) | 1;
+    for (long long off = 0; off < len; off += bs) {
+        size_t n = len - off < (long long)bs ? (size_t)(len - off) : bs;
+        for (size_t i = 0; i < n; i += 8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            unsigned long long v = x * 0x2545F4914F6CDD1DULL;
+            for (size_t j = 0; j < 8 && i + j < n; j++) buf[i + j] = (unsigned char)(v >> (8 * j));
+        }
+        if (pwrite(fd, buf, n, off) != (ssize_t)n) return die("pwrite");
+    }
+    if (fsync(fd) != 0) return die("fsync");
+    free(buf);
+    return close(fd) == 0 ? 0 : die("close");
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "gen") == 0)
+        return gen(argv[2], strtoull(argv[3], NULL, 0), strtoll(argv[4], NULL, 0));
     if (argc == 4 && (strcmp(argv[1], "seqread") == 0 || strcmp(argv[1], "randread") == 0))
         return bench(argv[1][0] == 's', argv[2], strtol(argv[3], NULL, 0));
     if (argc == 3 && strcmp(argv[1], "fsync") == 0) {

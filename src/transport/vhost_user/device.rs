@@ -6,7 +6,7 @@
 //! `vhost-user-backend` (one thread for all queues) and pops and parses;
 //! requests run as tasks on tokio worker threads, except that a request alone
 //! in flight is first polled once on the vring worker thread and completes
-//! there when it never waits (`Inner::run_task`: saves two thread hops of
+//! there when it never waits (`Inner::run_inline`: saves two thread hops of
 //! latency). The vring's `RwLock` is the only
 //! lock on the path and is never held across an `.await`:
 //! - pop: write lock, one chain at a time;
@@ -30,6 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
@@ -494,50 +495,61 @@ impl Inner {
             ctl.requests.fetch_add(1, Ordering::Relaxed);
         }
         // Alone in flight with nothing waiting behind it: start it right here
-        // (see `run_task`). Otherwise it goes to the runtime at once, so a
+        // (see `run_inline`). Otherwise it goes to the runtime at once, so a
         // burst of requests is served in parallel, not one by one on this thread.
         let alone = !more && self.permits.available_permits() + 1 >= self.cfg.max_inflight;
         let guard = Inflight { inner: self.clone(), permit: Some(permit) };
-        let handler = self.handler.clone();
-        let task = async move {
-            let outcome = AssertUnwindSafe(async move { handler.handle(req).await }).catch_unwind().await;
-            let reply = match outcome {
-                Ok(reply) => reply,
-                Err(_) => {
-                    tracing::warn!(
-                        "queue {}: request handler panicked (head {}); answering EIO",
-                        pending.q,
-                        pending.head
-                    );
-                    pending.unique.map(|u| eio_reply(u).to_vec())
-                }
-            };
-            guard.inner.complete(pending, reply);
-            drop(guard);
-        };
+        let request = self.handler.clone().handle(req);
         if alone {
-            self.run_task(Box::pin(task));
+            self.run_inline(pending, request, guard);
         } else {
-            self.rt.spawn(task);
+            self.rt.spawn(Self::finish(pending, request, guard));
         }
     }
 
-    /// Poll a request task once on this (vring worker) thread, inside the
-    /// runtime's context, and hand it to the runtime only if it is not done.
+    /// Run a request to its end and complete its chain (a panic in the
+    /// handler is answered with EIO).
+    async fn finish(pending: Pending, request: BoxFuture<'static, Option<Vec<u8>>>, guard: Inflight) {
+        let outcome = AssertUnwindSafe(request).catch_unwind().await;
+        let reply = outcome.unwrap_or_else(|_| Self::panicked(&pending));
+        guard.inner.complete(pending, reply);
+        drop(guard);
+    }
+
+    fn panicked(pending: &Pending) -> Option<Vec<u8>> {
+        tracing::warn!("queue {}: request handler panicked (head {}); answering EIO", pending.q, pending.head);
+        pending.unique.map(|u| eio_reply(u).to_vec())
+    }
+
+    /// Poll a request once on this (vring worker) thread, inside the
+    /// runtime's context, and hand it to the runtime only if it is not done
+    /// (a request done here costs no task: completed in place).
     ///
     /// Used when the request is the only one in flight and no chain waits
     /// behind it: most requests finish
     /// without ever waiting (a passthrough GETATTR is one `fstatat`), and
     /// answering here saves the wake-up of a tokio worker and the hop back, the
     /// largest part of a lone request's latency. With others in flight tasks
-    /// go straight to the runtime so requests run in parallel. A task that
+    /// go straight to the runtime so requests run in parallel. A request that
     /// returns Pending was polled with a no-op waker; the runtime polls it again
-    /// at once when spawned, which registers its real waker.
-    fn run_task(&self, mut task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>) {
+    /// at once when spawned, which registers its real waker. One that panicked
+    /// is not polled again: its chain is answered with EIO.
+    fn run_inline(&self, pending: Pending, mut request: BoxFuture<'static, Option<Vec<u8>>>, guard: Inflight) {
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            self.rt.spawn(task);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| request.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(reply)) => {
+                guard.inner.complete(pending, reply);
+                drop(guard);
+            }
+            Ok(std::task::Poll::Pending) => {
+                self.rt.spawn(Self::finish(pending, request, guard));
+            }
+            Err(_) => {
+                let reply = Self::panicked(&pending);
+                guard.inner.complete(pending, reply);
+                drop(guard);
+            }
         }
     }
 
