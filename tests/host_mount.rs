@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{bash, fs_config, memory_config, Mounted};
+use common::{bash, fs_config, is_mounted, memory_config, Mounted};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 const TREE: &str = "/usr/include/linux";
 
@@ -184,4 +186,62 @@ mv r mem 2>/dev/null; ls mem | tr '\n' ' '; echo
     );
     assert!(!root.path().join("mem").exists(), "the mount wrote into the root store");
     assert!(!root.path().join("r").exists(), "moved out of the root store");
+}
+
+/// `[[mounts]]` changed while mounted (SIGHUP): a mount added appears and
+/// serves, a removed one disappears, a live change to a mount is applied
+/// to the running one, all without remounting.
+#[test]
+fn mounts_follow_the_config_on_reload() {
+    let (r1, r2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fs_mount = |path: &str, root: &Path, extra: &str| {
+        format!(
+            "[[mounts]]\npath = \"{path}\"\n[mounts.storage_settings]\ntype = \"fs\"\nroot = {:?}\n{extra}\n",
+            root.display().to_string()
+        )
+    };
+    let mem = "[[mounts]]\npath = \"/mem\"\n[mounts.storage_settings]\ntype = \"memory\"\n\n";
+    let mut m = Mounted::start(&format!("{mem}{}", fs_mount("/a/fs", r1.path(), "")));
+    let out = bash("echo one > mem/f && echo two > a/fs/g && ls | tr '\\n' ' '", &m.mountpoint);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a mem ", "log:\n{}", m.log_text());
+
+    // Remove /mem, add /new on another directory, tune /a/fs (a live key).
+    let cfg = m.dir.path().join("ovfs.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}",
+            fs_mount("/a/fs", r1.path(), "[mounts.cache_settings]\nattr_timeout = \"3s\"\n"),
+            fs_mount("/new", r2.path(), "")
+        ),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(m.child.id() as i32, libc::SIGHUP) }, 0);
+    let t0 = Instant::now();
+    while !m.log_text().contains("config reloaded") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no reload; log:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = m.log_text();
+    let line = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(line.contains("mounts./new.") && line.contains("mounts./mem.") && line.contains("attr_timeout"), "{line}");
+    // The kernel may keep the old root entries for the synthetic TTL (1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bash(
+        "ls | tr '\\n' ' '; echo; echo three > new/h && cat new/h; cat a/fs/g; ls mem 2>/dev/null || echo 'mem gone'",
+        &m.mountpoint,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "a new \nthree\ntwo\nmem gone\n",
+        "stderr:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.log_text()
+    );
+    assert_eq!(std::fs::read_to_string(r2.path().join("h")).unwrap(), "three\n");
+    assert!(m.log_text().contains("mount removed") && m.log_text().contains("mount attached"));
+    assert!(is_mounted(&m.mountpoint), "still the same mount");
+    m.stop();
 }
