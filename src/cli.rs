@@ -31,7 +31,7 @@ use crate::transport::RequestHandler;
 use crate::vfs::mounts::{Mount, MountFs, MountPoint};
 use crate::vfs::passthrough::{PassthroughFs, PassthroughOptions};
 use crate::vfs::table::{MountSlot, MountTable};
-use crate::vfs::{ObjectFs, ObjectFsOptions};
+use crate::vfs::ObjectFs;
 
 /// Exit status for bad configuration or usage.
 pub const EXIT_CONFIG: i32 = 2;
@@ -352,10 +352,7 @@ fn init_logging(c: &Common) {
             .with_filter_reloading();
         let h = b.reload_handle();
         let _ = b.try_init();
-        Box::new(move |spec| {
-            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
-            h.reload(f).map_err(|e| e.to_string())
-        })
+        filter_setter(h)
     } else {
         let b = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -364,12 +361,19 @@ fn init_logging(c: &Common) {
             .with_filter_reloading();
         let h = b.reload_handle();
         let _ = b.try_init();
-        Box::new(move |spec| {
-            let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
-            h.reload(f).map_err(|e| e.to_string())
-        })
+        filter_setter(h)
     };
     crate::reload::install_log_control(crate::reload::LogControl { pinned: level.is_some(), fallback, set });
+}
+
+/// A [`crate::reload::SetFilter`] replacing the filter behind `h`.
+fn filter_setter<S: 'static>(
+    h: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> crate::reload::SetFilter {
+    Box::new(move |spec| {
+        let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+        h.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 /// Sends each formatted log record to syslog(3).
@@ -578,21 +582,9 @@ pub fn build_handler(cfg: &Config) -> Result<Built, String> {
 /// TTLs, data cache). No network I/O.
 pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(ObjectFs, Backend), String> {
     let backend = Backend::build(storage, &cfg.backend_settings).map_err(|e| e.to_string())?;
-    let b = &cfg.backend_settings;
     let c = &cfg.cache_settings;
-    let opts = ObjectFsOptions {
-        attr_timeout: c.attr_timeout,
-        entry_timeout: c.entry_timeout,
-        negative_timeout: c.negative_timeout,
-        file_mode: b.default_file_mode,
-        dir_mode: b.default_dir_mode,
-        uid: b.default_uid,
-        gid: b.default_gid,
-        part_size: b.part_size,
-        rename_dir_limit: b.rename_dir_limit,
-        ..Default::default()
-    }
-    .with_cache_settings(c);
+    // The same mapping a reload applies to a running file system.
+    let opts = crate::reload::object_fs_options(cfg);
     let mut fs = ObjectFs::new(backend.clone(), opts).with_dax_policy(cfg.socket_settings.dax_policy.clone());
     if c.enabled_cache {
         let pool =

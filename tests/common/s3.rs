@@ -52,6 +52,12 @@ impl S3Server {
 
     /// Start a fresh instance on a free port (tries a few ports).
     pub fn start() -> S3Server {
+        S3Server::start_inner(None)
+    }
+
+    /// A fresh instance; with `identities`, its access keys come from that
+    /// identities JSON (written to the server's home, `S3_IAM_CONFIG`).
+    fn start_inner(identities: Option<String>) -> S3Server {
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
         let mut last_err = String::new();
         for attempt in 0..8u32 {
@@ -61,15 +67,19 @@ impl S3Server {
                 continue;
             }
             let home = tempfile::Builder::new().prefix("ovfs-s3-").tempdir().expect("tempdir");
-            let out = Command::new("bash")
-                .arg(script())
+            let mut cmd = Command::new("bash");
+            cmd.arg(script())
                 .arg("start")
                 .env("S3_HOME", home.path())
                 .env("S3_PORT", port.to_string())
                 .env("S3_FRESH", "1")
-                .stdin(Stdio::null())
-                .output()
-                .expect("run s3-local.sh");
+                .stdin(Stdio::null());
+            if let Some(json) = &identities {
+                let ids = home.path().join("identities.json");
+                std::fs::write(&ids, json).expect("write identities");
+                cmd.env("S3_IAM_CONFIG", &ids);
+            }
+            let out = cmd.output().expect("run s3-local.sh");
             if out.status.success() {
                 let s = S3Server { port: port as u16, home };
                 s.spawn_watchdog();
@@ -125,14 +135,17 @@ impl S3Server {
     /// Start the server again after [`S3Server::pause`], on the same port,
     /// with the same data; panics if it does not come up.
     pub fn resume(&self) {
-        let out = Command::new("bash")
-            .arg(script())
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
             .arg("start")
             .env("S3_HOME", self.home.path())
             .env("S3_PORT", self.port.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run s3-local.sh");
+            .stdin(Stdio::null());
+        let ids = self.home.path().join("identities.json");
+        if ids.exists() {
+            cmd.env("S3_IAM_CONFIG", &ids);
+        }
+        let out = cmd.output().expect("run s3-local.sh");
         assert!(
             out.status.success(),
             "SeaweedFS did not come back on port {}: {}{}",
@@ -431,39 +444,7 @@ impl S3Server {
     /// (`-s3.config`, see tests/tools/s3-local.sh): the admin key plus
     /// `keys`. [`S3Server::set_identities`] changes them on the running server.
     pub fn start_with_identities(keys: &[(&str, &str)]) -> S3Server {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() ^ std::process::id();
-        let mut last_err = String::new();
-        for attempt in 0..8u32 {
-            let port = 20000 + (seed.wrapping_add(attempt.wrapping_mul(7919).wrapping_add(3)) % 9000);
-            if !port_free(port) || !port_free(port + 10000) {
-                continue;
-            }
-            let home = tempfile::Builder::new().prefix("ovfs-s3-").tempdir().expect("tempdir");
-            let ids = home.path().join("identities.json");
-            std::fs::write(&ids, identities_json(keys)).expect("write identities");
-            let out = Command::new("bash")
-                .arg(script())
-                .arg("start")
-                .env("S3_HOME", home.path())
-                .env("S3_PORT", port.to_string())
-                .env("S3_FRESH", "1")
-                .env("S3_IAM_CONFIG", &ids)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run s3-local.sh");
-            if out.status.success() {
-                let s = S3Server { port: port as u16, home };
-                s.spawn_watchdog();
-                return s;
-            }
-            last_err = format!(
-                "port {port}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            S3Server::stop_at(home.path(), port as u16);
-        }
-        panic!("could not start SeaweedFS with identities: {last_err}");
+        S3Server::start_inner(Some(identities_json(keys)))
     }
 
     /// Replace the non-admin keys of a server started with
