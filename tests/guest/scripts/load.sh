@@ -68,3 +68,5 @@ wait
 total=0 i=0
 while [ "$i" -lt "$PROCS" ]; do i=$((i + 1)); total=$((total + $(cat /tmp/prog/done$i))); done
 echo "LOAD-DONE $total"
+# time for the host to scrape the daemon's metrics
+sleep 4
