@@ -41,12 +41,15 @@ PACKAGE_PROFILE ?= release
 package:
 	packaging/build.sh --profile $(PACKAGE_PROFILE)
 
-# Fuzz the FUSE request decoder + dispatcher over the memory back-end.
-# RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's -Z flags.
+# Fuzz one target (FUZZ_TARGET: fuse_dispatch, vring_chains, kata_volumes, config_parse) from its
+# corpus in fuzz/corpus/. RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's -Z flags.
+# FUZZ_BUILD="-O -s none" is the fast form used for the long campaigns (docs/SECURITY.md).
 FUZZ_RUNS ?= 1000000
+FUZZ_TARGET ?= fuse_dispatch
+FUZZ_BUILD ?=
 fuzz:
 	tests/tools/install-deps.sh --fuzz --no-apt --no-s3
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run fuse_dispatch corpus/fuse_dispatch -- -runs=$(FUZZ_RUNS) -max_len=4096
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(FUZZ_BUILD) $(FUZZ_TARGET) corpus/$(FUZZ_TARGET) -- -runs=$(FUZZ_RUNS) -max_len=4096
 
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_RUNS=20000

@@ -76,7 +76,8 @@ impl FaultState {
         if self.rate <= 0.0 || self.sample() >= self.rate {
             return Ok(());
         }
-        self.injected.fetch_add(1, Ordering::Relaxed);
+        let n = self.injected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(op = what, temporary = self.temporary, total = n, "injected fault");
         let e = if self.temporary {
             Error::new(ErrorKind::Unexpected, "injected fault (inject_error_rate)").set_temporary()
         } else {

@@ -52,7 +52,7 @@ pub(super) type Mem = GuestMemoryMmap<()>;
 pub(super) type GuestMem = GuestMemoryAtomic<Mem>;
 /// One virtqueue as `vhost-user-backend` keeps it.
 pub(super) type Vring = VringRwLock<GuestMem>;
-type Chain = DescriptorChain<Arc<Mem>>;
+pub(super) type Chain = DescriptorChain<Arc<Mem>>;
 
 /// `sizeof(struct fuse_in_header)`: shorter requests are malformed.
 pub(super) const FUSE_IN_HEADER_LEN: usize = 40;
@@ -372,9 +372,9 @@ struct Pending {
 }
 
 /// A chain the transport answers itself.
-struct Rejected {
-    reason: String,
-    unique: Option<u64>,
+pub(super) struct Rejected {
+    pub(super) reason: String,
+    pub(super) unique: Option<u64>,
 }
 
 /// Holds a concurrency permit; releasing it wakes starved queues.
@@ -629,7 +629,7 @@ impl Inner {
 
 /// Check a chain and copy out its readable part; returns the request and its
 /// `unique`.
-fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
+pub(super) fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
     let reject = |reason: String| Rejected { reason, unique: None };
     let mut readable: u64 = 0;
     let mut truncated = false;
@@ -669,7 +669,7 @@ fn parse_request(mem: &Mem, chain: &Chain) -> Result<(Vec<u8>, u64), Rejected> {
 }
 
 /// Write a reply into the chain's writable part; returns the used length.
-fn write_reply(mem: &Mem, chain: Chain, reply: &[u8], req_unique: Option<u64>, q: usize, head: u16) -> u32 {
+pub(super) fn write_reply(mem: &Mem, chain: Chain, reply: &[u8], req_unique: Option<u64>, q: usize, head: u16) -> u32 {
     let mut writer = match Writer::<()>::new(mem, chain) {
         Ok(writer) => writer,
         Err(e) => {

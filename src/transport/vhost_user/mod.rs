@@ -19,6 +19,8 @@
 
 mod dax;
 mod device;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 

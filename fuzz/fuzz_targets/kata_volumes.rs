@@ -1,0 +1,146 @@
+//! Fuzz target: Kata annotation parsing (`ovfs::kata::volumes`) over
+//! arbitrary annotation maps against a host profile configuration with
+//! credentials.
+//!
+//! Input: lines `key=value`; a key is taken as given when it starts with `!`
+//! (the `!` removed), otherwise `io.ovfs.volume.` is put in front of it, so
+//! most inputs reach the volume logic.
+//!
+//! Checked: no panic; a refusal never carries a credential of a profile (nor
+//! any annotation value holding one of `#%~{}^|`, profile names aside,
+//! unless the key text holds it);
+//! an accepted volume keeps its profile's service and credentials exactly,
+//! adds no option beyond root/bucket/endpoint, is read-only when its profile
+//! is read-only and does not allow read_only, has an absolute source below
+//! the placeholder root without `..`, an endpoint without user information,
+//! and no two accepted volumes share a source.
+#![no_main]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use ovfs::config::is_secret_key;
+use ovfs::kata::{volumes, KataConfig, Override, PREFIX};
+
+const SECRETS: [&str; 3] = ["AKIAFUZZACCESSKEY", "fuzzSecretValue0123456789", "fuzzSessionToken42"];
+
+fn cfg() -> &'static KataConfig {
+    static C: OnceLock<KataConfig> = OnceLock::new();
+    C.get_or_init(|| {
+        let text = format!(
+            r#"
+            [kata]
+            placeholder_root = "/var/lib/ovfs/volumes"
+            [profiles.open]
+            type = "memory"
+            allow = ["root", "bucket", "endpoint", "read_only"]
+            [profiles.strict]
+            type = "s3"
+            bucket = "b1"
+            region = "us-east-1"
+            endpoint = "http://127.0.0.1:1"
+            access_key_id = "{}"
+            secret_access_key = "{}"
+            session_token = "{}"
+            root = "/pods"
+            read_only = true
+            allow = ["root"]
+            [profiles.rw]
+            type = "s3"
+            bucket = "b2"
+            region = "us-east-1"
+            endpoint = "http://127.0.0.1:2"
+            access_key_id = "{0}"
+            secret_access_key = "{1}"
+            read_only = false
+            allow = ["bucket", "endpoint"]
+            "#,
+            SECRETS[0], SECRETS[1], SECRETS[2]
+        );
+        ovfs::config::Config::parse(&text).expect("fuzz profile config").kata
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut ann: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        let (k, v) = line.split_once('=').unwrap_or((line, ""));
+        let k = match k.strip_prefix('!') {
+            Some(raw) => raw.to_string(),
+            None => format!("{PREFIX}{k}"),
+        };
+        ann.insert(k, v.to_string());
+    }
+    let c = cfg();
+    let (ok, refused) = volumes(&ann, c);
+
+    let keys_text: String = ann.keys().cloned().collect::<Vec<_>>().join("\n");
+    // Key text (whole keys, their volume names and key parts) may be quoted
+    // in a refusal; it is removed before looking for values.
+    let mut key_parts: Vec<&str> = Vec::new();
+    for k in ann.keys() {
+        key_parts.push(k);
+        if let Some(rest) = k.strip_prefix(PREFIX) {
+            key_parts.push(rest);
+            key_parts.extend(rest.split('.'));
+        }
+    }
+    key_parts.retain(|p| !p.is_empty());
+    key_parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for r in &refused {
+        let line = r.to_string();
+        let mut stripped = line.clone();
+        for p in &key_parts {
+            stripped = stripped.replace(p, "");
+        }
+        for s in SECRETS {
+            if !text.contains(s) {
+                assert!(!line.contains(s), "refusal carries a profile credential: {line}");
+            }
+        }
+        for (k, v) in &ann {
+            // Profile names are echoed ("no profile `x`"); other values never.
+            // Only values with a character no refusal text has are checked
+            // (a value such as "missing" is in the fixed text).
+            let marked = v.bytes().any(|b| b"#%~{}^|".contains(&b));
+            if marked && !k.ends_with(".profile") && !keys_text.contains(v.as_str()) {
+                let named = ann.iter().any(|(k2, v2)| k2.ends_with(".profile") && v2.contains(v.as_str()));
+                assert!(named || !stripped.contains(v.as_str()), "refusal carries an annotation value: {line}");
+            }
+        }
+    }
+    let mut sources = HashSet::new();
+    for v in &ok {
+        let p = c.profiles.get(&v.profile).expect("accepted volume of a known profile");
+        assert_eq!(v.storage.service, p.storage.service);
+        for (k, pv) in &p.storage.options {
+            if is_secret_key(k) {
+                assert_eq!(v.storage.options.get(k), Some(pv), "credential {k} changed");
+            }
+        }
+        for (k, vv) in &v.storage.options {
+            if is_secret_key(k) {
+                assert_eq!(p.storage.options.get(k), Some(vv), "credential {k} added");
+            } else if p.storage.options.get(k) != Some(vv) {
+                assert!(matches!(k.as_str(), "root" | "bucket" | "endpoint"), "option {k} changed");
+                let o = match k.as_str() {
+                    "root" => Override::Root,
+                    "bucket" => Override::Bucket,
+                    _ => Override::Endpoint,
+                };
+                assert!(p.allow.contains(&o), "option {k} changed without allow");
+            }
+        }
+        if p.read_only && !p.allow.contains(&Override::ReadOnly) {
+            assert!(v.read_only, "read-only profile served read-write");
+        }
+        assert!(v.source.is_absolute() && v.source.starts_with(&c.placeholder_root));
+        assert!(!v.source.components().any(|x| matches!(x, std::path::Component::ParentDir)));
+        if let Some(e) = v.storage.options.get("endpoint") {
+            assert!(!e.contains('@'), "endpoint with user information");
+        }
+        assert!(sources.insert(v.source.clone()), "two volumes on one source");
+    }
+});
