@@ -605,7 +605,12 @@ pub fn observe_fs(mount: &str, fs: &ObjectFs, backend: &Backend) {
     let labels = format!("mount=\"{}\"", metrics::escape(mount));
     let o = fs.observer();
     type Read = fn(&crate::vfs::object::Observer) -> Option<f64>;
-    let gauges: [(&str, &str, &'static str, Read); 6] = [
+    let gauges: [(&str, &str, &'static str, Read); 9] = [
+        ("ovfs_nodes", "Nodes the guest holds (looked up, not yet forgotten).", "gauge", |o| {
+            o.counts().map(|c| c.0 as f64)
+        }),
+        ("ovfs_open_files", "Open file handles.", "gauge", |o| o.counts().map(|c| c.1 as f64)),
+        ("ovfs_open_dirs", "Open directory handles.", "gauge", |o| o.counts().map(|c| c.2 as f64)),
         ("ovfs_dirty_bytes", "Staged bytes of files being written, not yet in the back-end.", "gauge", |o| {
             o.staged_bytes().map(|(used, _)| used as f64)
         }),

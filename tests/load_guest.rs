@@ -163,6 +163,14 @@ fn guest_load_64_processes() {
     let (metrics, after_done) = metrics.unwrap_or_else(|| panic!("metrics not scraped\n{}", context()));
     assert!(after_done, "no metrics scrape after LOAD-DONE");
     let (over, requests, in_flight) = slow_requests(&metrics);
+    // What the guest still holds at the end (grows with its inode cache).
+    let gauges: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ovfs_nodes{") || l.starts_with("ovfs_open_files{") || l.starts_with("ovfs_open_dirs{")
+        })
+        .collect();
+    eprintln!("[load_guest] at LOAD-DONE: {}", gauges.join(", "));
     assert!(requests > 1000, "the metrics saw the load ({requests} requests)");
     assert_eq!(over, 0, "requests slower than 10 s");
 

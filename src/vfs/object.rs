@@ -288,6 +288,12 @@ impl Observer {
         self.0.upgrade().map(|c| (c.budget.used.load(Ordering::Acquire), c.budget.limit.load(Ordering::Relaxed)))
     }
 
+    /// Nodes the guest holds (lookups not yet forgotten), open file
+    /// handles, open directory handles.
+    pub fn counts(&self) -> Option<(usize, usize, usize)> {
+        self.0.upgrade().map(|c| (c.inodes.len(), c.files.len(), c.dirs.len()))
+    }
+
     /// Data cache hits, misses, evictions and pool bytes in use.
     pub fn cache_counters(&self) -> Option<(u64, u64, u64, u64)> {
         self.0.upgrade().and_then(|c| c.cache.as_ref().map(|cache| cache.counters()))
