@@ -641,6 +641,18 @@ fn with_metrics(
     let endpoint = rt.block_on(async { metrics::http::Endpoint::bind(addr) }).map_err(|e| e.to_string())?;
     tracing::info!(addr = %addr, "metrics endpoint listening");
     rt.spawn(endpoint.run(metrics::global().clone()));
+    // DAX window counters, read at scrape time (zero until a window is used).
+    type Read = fn(&crate::fuse::dax::DaxStats) -> u64;
+    let dax: [(&str, &str, &'static str, Read); 4] = [
+        ("ovfs_dax_mappings", "DAX ranges mapped into the guest's window now.", "gauge", |d| d.live),
+        ("ovfs_dax_setups_total", "SETUPMAPPING requests that mapped a range.", "counter", |d| d.setups),
+        ("ovfs_dax_unmaps_total", "DAX ranges unmapped.", "counter", |d| d.unmaps),
+        ("ovfs_dax_refused_total", "SETUPMAPPING/REMOVEMAPPING answered with an error.", "counter", |d| d.refused),
+    ];
+    for (name, help, kind, read) in dax {
+        let h = handler.clone();
+        metrics::global().gauge(name, help, kind, "", move || h.dax_stats().map_or(0.0, |d| read(&d) as f64));
+    }
     Ok(metrics::MeteredHandler::new(handler, metrics::global().clone()))
 }
 

@@ -280,6 +280,15 @@ fn run_case(name: &str, store: Store<'_>, big_len: usize) {
         Store::S3(s3, prefix) => s3.client().get(&format!("{prefix}/w.bin")).expect("w.bin in the bucket"),
         Store::Memory => {
             check_memory(name, &con, &snaps, &big_sha, &want_sha);
+            // The DAX counters of the metrics endpoint saw the window in use.
+            let last = snaps.last().map(|s| s.1.as_str()).unwrap_or("");
+            let value =
+                |k: &str| last.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+            assert!(
+                value("ovfs_dax_setups_total ") > 0.0 && value("ovfs_dax_refused_total ") == 0.0,
+                "[{name}] DAX counters in the metrics:\n{}",
+                last.lines().filter(|l| l.starts_with("ovfs_dax")).collect::<Vec<_>>().join("\n")
+            );
             want.clone()
         }
         _ => fs::read(data.join("w.bin")).expect("w.bin in the back-end"),

@@ -560,4 +560,8 @@ impl<F: Filesystem> RequestHandler for Server<F> {
         Server::enable_dax(self, mapper);
         true
     }
+
+    fn dax_stats(&self) -> Option<super::dax::DaxStats> {
+        self.dax().map(|d| d.stats())
+    }
 }

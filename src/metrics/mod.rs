@@ -403,6 +403,10 @@ impl RequestHandler for MeteredHandler {
     fn enable_dax(&self, mapper: Arc<dyn crate::fuse::dax::DaxMapper>) -> bool {
         self.inner.enable_dax(mapper)
     }
+
+    fn dax_stats(&self) -> Option<crate::fuse::dax::DaxStats> {
+        self.inner.dax_stats()
+    }
 }
 
 #[cfg(test)]

@@ -28,4 +28,9 @@ pub trait RequestHandler: Send + Sync + 'static {
         let _ = mapper;
         false
     }
+
+    /// DAX counters and live mappings, once a window is in use (metrics).
+    fn dax_stats(&self) -> Option<crate::fuse::dax::DaxStats> {
+        None
+    }
 }
