@@ -106,9 +106,10 @@ fn guest_load_64_processes() {
     // (seconds since LOAD-START, RssAnon KiB, RssShmem KiB), and the metrics scraped once the
     // guest reports LOAD-DONE (before it powers off and the daemon exits).
     let done = AtomicBool::new(false);
-    let (boot, (samples, metrics)) = std::thread::scope(|s| {
+    let (boot, (samples, metrics, threads)) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+            let mut threads: Vec<u64> = Vec::new();
             let mut start: Option<Instant> = None;
             let mut metrics = None;
             while !done.load(Ordering::Relaxed) {
@@ -125,6 +126,7 @@ fn guest_load_64_processes() {
                     if let Some(kib) = status_field(pid, "RssAnon") {
                         let shmem = status_field(pid, "RssShmem").unwrap_or(0);
                         samples.push((t0.elapsed().as_secs_f64(), kib, shmem));
+                        threads.push(status_field(pid, "Threads").unwrap_or(0));
                     }
                 }
                 // The guest waits a few seconds after LOAD-DONE: scrape then.
@@ -135,7 +137,7 @@ fn guest_load_64_processes() {
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            (samples, metrics)
+            (samples, metrics, threads)
         });
         let opts = BootOpts { timeout_s: (secs + 900) as u32, ..BootOpts::default() };
         let cmdline = format!("ovfs.procs={PROCS} ovfs.secs={secs} ovfs.stuck={STUCK_S}");
@@ -197,6 +199,8 @@ fn guest_load_64_processes() {
         .map(|(t, kib, th)| format!("{t:.0}s {} MiB (shmem {} MiB)", kib / 1024, th / 1024))
         .collect();
     eprintln!("[load_guest] RssAnon series: {}", series.join(", "));
+    let th: Vec<String> = threads.iter().step_by(step).map(|n| n.to_string()).collect();
+    eprintln!("[load_guest] daemon threads, same samples: {}", th.join(", "));
     // The 10% bound needs a real warm-up: in the 60 s CI form (15 s warm-up
     // under TCG) RssAnon still climbs (+12%, +52%, +43% in three runs), so it
     // only guards against a gross leak (doubling); the long form
