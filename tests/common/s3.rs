@@ -140,6 +140,9 @@ impl S3Server {
             .arg("start")
             .env("S3_HOME", self.home.path())
             .env("S3_PORT", self.port.to_string())
+            // Keep the data: tests/tools/with-s3.sh exports S3_FRESH=1 to
+            // every test, which would wipe it.
+            .env("S3_FRESH", "0")
             .stdin(Stdio::null());
         let ids = self.home.path().join("identities.json");
         if ids.exists() {
