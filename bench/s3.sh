@@ -86,6 +86,7 @@ mount_peer() {  # peer mountpoint [bucket-prefix]: mount and wait; sets mount_pi
       # ls -l from one listing walk: listing cache + listing attributes (docs/CONFIGURATION.md)
       ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "memory_limit = \"$memlimit\"
 dir_cache_ttl = \"30s\"
+negative_timeout = \"1s\"
 listing_attrs = true"
       rm -f "$W/metrics.sock"
       start_bg "$W/ovfs-m$n_mount.log" "$OVFS_BIN" --metrics-addr "unix:$W/metrics.sock" mount --config "$W/ovfs-m$n_mount.toml" "$m" ;;

@@ -28,8 +28,10 @@
 //! leaves.
 //!
 //! Round trips saved (docs/PERFORMANCE.md, small files): a CREATE right
-//! after a LOOKUP that the back-end answered "not found" (within
-//! [`MISS_MEMO`]) skips its own existence check, and a directory's
+//! after a LOOKUP that the back-end answered "not found" skips its own
+//! existence check when that miss is younger than `negative_timeout` (the
+//! staleness of "not found" the configuration accepts; 0, the default,
+//! turns this off), and a directory's
 //! attributes are reused for `dir_cache_ttl` (the kernel asks for them again
 //! after every change inside it). See [`Memo`].
 
@@ -427,18 +429,16 @@ pub struct Core {
     memo: Mutex<Memo>,
 }
 
-/// How long a "not found" from the back-end lets a CREATE of that path skip
-/// its existence check. The kernel sends CREATE right after the LOOKUP that
-/// missed, so this only has to cover that gap.
-pub const MISS_MEMO: Duration = Duration::from_secs(1);
-
 /// Entries kept per map of [`Memo`] before stale ones are dropped.
 const MAX_MEMO: usize = 4096;
 
 /// Fresh back-end answers reused to save round trips. What it gives up:
-/// - `misses`: a key another client of the bucket creates between a LOOKUP
-///   that missed and the CREATE right after it (at most [`MISS_MEMO`]) is
-///   not seen, and the new file replaces it at its first upload. Without the
+/// - `misses`: kept for `negative_timeout` (none when it is 0, the
+///   default): the "not found" staleness the configuration already accepts
+///   from the guest kernel's negative entries. A key another client of the
+///   bucket creates between a LOOKUP that missed and the CREATE right after
+///   it (within that time) is not seen, and the new file replaces it at its
+///   first upload. Without the
 ///   memo the window is the same in kind: a key created between the CREATE's
 ///   check and the upload at FLUSH/RELEASE is replaced too (there is no
 ///   conditional PUT here), so O_EXCL never held against other writers of
@@ -1609,17 +1609,23 @@ impl Core {
         m.dirs.retain(|k, _| k != path && !(path.is_empty() || k.starts_with(&prefix)));
     }
 
-    /// The back-end just said nothing is at `path`.
+    /// The back-end just said nothing is at `path` (remembered for
+    /// `negative_timeout`; not at all when that is 0).
     fn note_miss(&self, path: &str) {
+        let ttl = self.opts().negative_timeout;
+        if ttl.is_zero() {
+            return;
+        }
         let mut m = self.lock_memo();
-        Memo::bound(&mut m.misses, |at| at.elapsed() < MISS_MEMO);
+        Memo::bound(&mut m.misses, |at| at.elapsed() < ttl);
         m.misses.insert(path.to_string(), Instant::now());
     }
 
     /// Whether the back-end said nothing is at `path` less than
-    /// [`MISS_MEMO`] ago (the memo is used up).
+    /// `negative_timeout` ago (the memo is used up).
     fn take_miss(&self, path: &str) -> bool {
-        self.lock_memo().misses.remove(path).is_some_and(|at| at.elapsed() < MISS_MEMO)
+        let ttl = self.opts().negative_timeout;
+        self.lock_memo().misses.remove(path).is_some_and(|at| at.elapsed() < ttl)
     }
 
     /// Keep a directory's attributes just fetched from the back-end.

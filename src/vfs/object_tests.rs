@@ -477,12 +477,17 @@ fn exact(log: &Log, entry: &str) -> usize {
 /// write + close: LOOKUP (miss), CREATE, WRITE, FLUSH, RELEASE, then a
 /// GETATTR of the directory (its attributes were invalidated by the
 /// create). One back-end lookup and one PUT per file: the CREATE trusts the
-/// LOOKUP's fresh miss, the directory's attributes come from the memo.
+/// LOOKUP's fresh miss (negative entries allowed for a second), the
+/// directory's attributes come from the memo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_file_create_costs_one_lookup_and_one_put() {
     let (b, log) = backend("memory", None, Duration::ZERO);
     b.create_dir("d").await.unwrap();
-    let opts = ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), ..Default::default() };
+    let opts = ObjectFsOptions {
+        dir_cache_ttl: Duration::from_secs(60),
+        negative_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
     let fs = ObjectFs::new(b.clone(), opts);
     let d = fs.lookup(&ctx(), FUSE_ROOT_ID, b"d").await.unwrap().nodeid;
     // Back-end calls by operation, misses included (the recorder logs only
@@ -492,7 +497,7 @@ async fn small_file_create_costs_one_lookup_and_one_put() {
     log.lock().unwrap().clear();
     for i in 0..5 {
         let name = format!("s{i}");
-        assert_eq!(fs.lookup(&ctx(), d, name.as_bytes()).await.err(), Some(crate::fuse::Errno::ENOENT));
+        assert!(misses(&fs, d, name.as_bytes()).await);
         let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
         let (e, fh, _) = fs.create(&ctx(), d, name.as_bytes(), 0o644, flags, 0).await.expect("create");
         fs.write(&ctx(), e.nodeid, fh, 0, &[b'z'; 4096], 0).await.unwrap();
@@ -516,30 +521,49 @@ async fn small_file_create_costs_one_lookup_and_one_put() {
     assert_eq!(exact(&log, "lookup d"), 1);
 }
 
+/// A LOOKUP that finds nothing: ENOENT, or a negative entry (node id 0)
+/// when negative entries are configured.
+async fn misses(fs: &ObjectFs, parent: u64, name: &[u8]) -> bool {
+    match fs.lookup(&ctx(), parent, name).await {
+        Ok(e) => e.nodeid == 0,
+        Err(e) => e == crate::fuse::Errno::ENOENT,
+    }
+}
+
 /// The CREATE skips its check only right after the back-end missed that very
 /// path: not after a local change of it, not once the memo is used up or
-/// stale, and an object created meanwhile by someone else is then found.
+/// older than `negative_timeout`, never when that is 0 (the default), and an
+/// object created meanwhile by someone else is then found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_checks_again_unless_the_miss_is_fresh() {
-    let (b, log) = backend("memory", None, Duration::ZERO);
-    let fs = ObjectFs::new(b.clone(), ObjectFsOptions::default());
     let excl = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+    // Default: no memo at all; another client's key created right after the
+    // miss is seen.
+    let (b0, _) = backend("memory", None, Duration::ZERO);
+    let fs0 = ObjectFs::new(b0.clone(), ObjectFsOptions::default());
+    assert!(misses(&fs0, FUSE_ROOT_ID, b"w").await);
+    b0.write("w", Bytes::from_static(b"theirs"), &PosixMeta::default()).await.unwrap();
+    assert_eq!(fs0.create(&ctx(), FUSE_ROOT_ID, b"w", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+
+    let miss = Duration::from_secs(1);
+    let (b, log) = backend("memory", None, Duration::ZERO);
+    let fs = ObjectFs::new(b.clone(), ObjectFsOptions { negative_timeout: miss, ..Default::default() });
     let root = FUSE_ROOT_ID;
 
     // A miss, then a local mkdir of the name: the CREATE checks (EISDIR).
-    assert!(fs.lookup(&ctx(), root, b"x").await.is_err());
+    assert!(misses(&fs, root, b"x").await);
     fs.mkdir(&ctx(), root, b"x", 0o755, 0).await.unwrap();
     assert_eq!(fs.create(&ctx(), root, b"x", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EISDIR));
 
     // A stale miss: someone else created the key since; O_EXCL sees it.
-    assert!(fs.lookup(&ctx(), root, b"y").await.is_err());
+    assert!(misses(&fs, root, b"y").await);
     b.write("y", Bytes::from_static(b"theirs"), &PosixMeta::default()).await.unwrap();
-    std::thread::sleep(super::MISS_MEMO + Duration::from_millis(50));
+    std::thread::sleep(miss + Duration::from_millis(50));
     assert_eq!(fs.create(&ctx(), root, b"y", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
     assert_eq!(exact(&log, "lookup y"), 1, "the stale miss was checked again");
 
     // A fresh miss is used once: a second CREATE of the name checks again.
-    assert!(fs.lookup(&ctx(), root, b"z").await.is_err());
+    assert!(misses(&fs, root, b"z").await);
     let (e, fh, _) = fs.create(&ctx(), root, b"z", 0o644, excl, 0).await.unwrap();
     fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
     assert_eq!(fs.create(&ctx(), root, b"z", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
