@@ -19,6 +19,8 @@
 //! `OVFS_GUEST_STRESS_SECS=N` shortens `guest_eight_processes` while working
 //! on it (the acceptance run uses the script's default, 60 s).
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "common/guest.rs"]
 mod guest;
 
@@ -388,11 +390,9 @@ fn guest_eight_processes() {
     assert_eq!(on_host, reported, "files in {}/stress vs the guest's SHA lines", share.display());
 }
 
-/// pjdfstest cases that race under a loaded TCG guest whatever the daemon: seen failing once
-/// with virtiofsd (`open::etxtbsy`: the open for writing of a running copy of `sleep`
-/// succeeded) and passing on every rerun. A new failure of one of these is retried once, in a
-/// fresh guest and directory, and must pass then; any other new failure fails at once.
-const RACY: &[&str] = &["open::etxtbsy", "truncate::etxtbsy"];
+/// A new pjdfstest failure of only these is retried once, in a fresh guest
+/// and directory, and must pass then; any other new failure fails at once.
+use common::PJDFSTEST_RACY as RACY;
 
 /// pjdfstest in the guest over ovfs (OpenDAL fs back-end), over ovfs's
 /// passthrough of the shared dir, and over virtiofsd 1.14, same guest image.

@@ -27,6 +27,8 @@
 #[path = "common/s3.rs"]
 mod s3;
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "common/guest.rs"]
 mod guest;
 
@@ -424,10 +426,9 @@ fn guest_s3_external_writer() {
 
 // ---------------------------------------------------------------- 3. pjdfstest
 
-/// pjdfstest cases that race in a loaded TCG guest whatever the daemon (see
-/// tests/guest.rs): a new failure of one of these is retried once in a fresh
-/// guest and must pass then.
-const RACY: &[&str] = &["open::etxtbsy", "truncate::etxtbsy"];
+/// A new pjdfstest failure of only these is retried once in a fresh guest
+/// and must pass then.
+use common::PJDFSTEST_RACY as RACY;
 
 /// tests/guest/scripts/pjdfstest.sh, made to accept a work directory whose
 /// `chmod 0755` fails when its mode is 0755 already: chmod of a directory

@@ -101,9 +101,9 @@ pub fn fs_config(root: &Path) -> String {
     format!("[storage_settings]\ntype = \"fs\"\nroot = \"{}\"\n", root.display())
 }
 
-/// pjdfstest cases that race on a loaded machine whatever the file system
-/// (`open::etxtbsy`: the open for writing of a running copy of `sleep`
-/// succeeds when the exec has not happened yet); a new failure of only these
-/// is retried once and must pass then. (tests/guest.rs and guest_s3.rs keep
-/// the same list for their guest runs.)
+/// pjdfstest cases that race on a loaded machine whatever the daemon (seen
+/// with virtiofsd too: `open::etxtbsy`, the open for writing of a running
+/// copy of `sleep` succeeds when the exec has not happened yet); a new
+/// failure of only these is retried once and must pass then (host and guest
+/// pjdfstest runs).
 pub const PJDFSTEST_RACY: &[&str] = &["open::etxtbsy", "truncate::etxtbsy"];
