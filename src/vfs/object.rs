@@ -491,6 +491,9 @@ struct KnownDir {
 /// Most names kept by one [`KnownDir`]; a directory with more is not known.
 const MAX_KNOWN_NAMES: usize = 10_000;
 
+/// Most [`KnownDir`]s kept (so at most 640,000 names in all).
+const MAX_KNOWN_DIRS: usize = 64;
+
 /// Most names kept by all [`KnownDir`]s together.
 const MAX_KNOWN_TOTAL: usize = 100_000;
 
@@ -1784,9 +1787,9 @@ impl Core {
         let at = Instant::now();
         let mut m = self.lock_memo();
         let old = m.known.remove(dir);
-        if m.known.len() >= MAX_MEMO {
+        if m.known.len() >= MAX_KNOWN_DIRS {
             m.known.retain(|_, k| k.at.is_some_and(|t| t.elapsed() < ttl));
-            if m.known.len() >= MAX_MEMO {
+            if m.known.len() >= MAX_KNOWN_DIRS {
                 m.known.clear();
             }
         }
