@@ -1780,9 +1780,10 @@ impl Core {
 
     /// Begin observing `dir`'s complete contents; returns when it began
     /// (`None`: known directories are off). Names changed here from now on
-    /// are collected; with `carry`, so are the ones already known (a
-    /// superset stays true).
-    fn begin_known(&self, dir: &str, carry: bool) -> Option<Instant> {
+    /// are collected, and the ones already known are kept (a superset stays
+    /// true; and if an observation begun earlier completes this one, the
+    /// changes since its start are all in).
+    fn begin_known(&self, dir: &str) -> Option<Instant> {
         let ttl = self.known_ttl()?;
         let at = Instant::now();
         let mut m = self.lock_memo();
@@ -1793,10 +1794,7 @@ impl Core {
                 m.known.clear();
             }
         }
-        let (names, hits) = match old {
-            Some(k) if carry => (k.names, k.hits),
-            _ => Default::default(),
-        };
+        let (names, hits) = old.map(|k| (k.names, k.hits)).unwrap_or_default();
         m.known.insert(dir.to_string(), KnownDir { at: None, names, hits });
         Some(at)
     }
@@ -1830,7 +1828,7 @@ impl Core {
 
     /// A full listing of `dir`, kept as its [`KnownDir`] (and returned).
     async fn observe_dir(&self, dir: &str) -> Result<Vec<Listed>> {
-        let Some(at) = self.begin_known(dir, true) else { return self.list_dir(dir).await };
+        let Some(at) = self.begin_known(dir) else { return self.list_dir(dir).await };
         match self.list_dir(dir).await {
             Ok(l) => {
                 self.finish_known(dir, at, l.iter().map(|e| e.name.clone()));
@@ -2134,7 +2132,7 @@ impl Filesystem for ObjectFs {
         if self.exists(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let known = self.begin_known(&path, false).is_some();
+        let known = self.begin_known(&path).is_some();
         // On object stores the marker keeps no metadata: the requested mode
         // is shown until the attribute TTL expires, then the default (see
         // SEMANTICS.md); showing it now keeps `mkdir -m` from failing.
