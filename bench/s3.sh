@@ -194,13 +194,13 @@ if [ "${BENCH_S3_HOST:-1}" = 1 ]; then
         j=$("$here/s3io.py" small "$W/mnt/$dir" "$nsmall" 4096 "$dir")
         calls=''
         if [ "$p" = ovfs ]; then
-          # back-end calls per file (the mkdir of the directory included), by operation
+          # back-end calls per file (the mkdir of the directory included), by operation, and their counts
           c1=$(backend_calls "$W/metrics.sock")
           calls=$(awk -v a="$c0" -v b="$c1" -v n="$nsmall" 'BEGIN{
             split(a, x, " "); for (i in x) { split(x[i], kv, "="); o[kv[1]] = kv[2] }
             split(b, y, " "); for (i in y) { split(y[i], kv, "="); d = kv[2] - o[kv[1]]; t += d
-              if (d) printf ",\"%s_per_file\":%.2f", kv[1], d / n }
-            printf ",\"calls_per_file\":%.2f", t / n }')
+              if (d) printf ",\"%s_per_file\":%.2f,\"%s_calls\":%d", kv[1], d / n, kv[1], d }
+            printf ",\"calls_per_file\":%.3f,\"calls\":%d", t / n, t }')
         fi
         umount_peer
         emit "$out" s3 small-files 1 "$p" "$run" "$(awk -v n="$nsmall" -v s="$(jget "$j" secs)" 'BEGIN{printf "%.1f", n / s}')" files/s \

@@ -33,7 +33,11 @@
 //! staleness of "not found" the configuration accepts; 0, the default,
 //! turns this off), and a directory's
 //! attributes are reused for `dir_cache_ttl` (the kernel asks for them again
-//! after every change inside it). See [`Memo`].
+//! after every change inside it). In a directory whose complete contents
+//! are known here (one this daemon created, or one it listed whole), kept up
+//! to date with the changes made here, a LOOKUP or CREATE of a name not in
+//! it is "not found" without a request while that knowledge is younger than
+//! both `negative_timeout` and `dir_cache_ttl`. See [`Memo`], [`KnownDir`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -451,11 +455,65 @@ const MAX_MEMO: usize = 4096;
 ///   that adding or rewriting a file on a store without real directories
 ///   leaves the parent's attributes as they are (an object store's directory
 ///   marker does not change when keys below it do).
+/// - `known`: directories whose complete contents this daemon knows (see
+///   [`KnownDir`]); a LOOKUP or CREATE of a name outside that set is
+///   answered "not found" without a round trip.
 #[derive(Default)]
 struct Memo {
     misses: HashMap<String, Instant>,
     dirs: HashMap<String, (Instant, Meta)>,
+    known: HashMap<String, KnownDir>,
 }
+
+/// The complete contents of a directory as far as this daemon knows: every
+/// name the back-end had in it at `at` (an empty directory this daemon
+/// created, or a full listing), plus every name changed here since. A name
+/// outside `names` was not in the directory at `at` and has not been
+/// created here since, so "not found" is as stale as `at` is old. It is
+/// only claimed while that age is below both `negative_timeout` (the
+/// staleness of "not found" the configuration accepts) and `dir_cache_ttl`
+/// (the staleness of a listing it accepts); see [`Core::known_absent`].
+///
+/// `names` is a superset: a name is added before this daemon creates,
+/// renames or changes anything at it, and never removed (an unlinked name
+/// stays and is simply asked about). A change at the directory itself or
+/// above it drops the entry (a renamed or removed directory).
+struct KnownDir {
+    /// When the observation began (before the request was sent); `None`
+    /// while it is in flight: names added meanwhile are collected, the
+    /// entry is not used, and it is only completed if still there.
+    at: Option<Instant>,
+    names: std::collections::HashSet<String>,
+    /// Misses this knowledge answered (decides whether a re-listing pays).
+    hits: u64,
+}
+
+/// Most names kept by one [`KnownDir`]; a directory with more is not known.
+const MAX_KNOWN_NAMES: usize = 10_000;
+
+/// Most [`KnownDir`]s kept (so at most 640,000 names in all).
+const MAX_KNOWN_DIRS: usize = 64;
+
+/// Most names kept by all [`KnownDir`]s together.
+const MAX_KNOWN_TOTAL: usize = 100_000;
+
+/// Keeps the [`KnownDir`]s right around a change made here (see
+/// [`Core::changing`]): the change's name is noted again when it drops.
+struct Changing<'a> {
+    core: &'a Core,
+    path: String,
+    drop_self: bool,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.core.note_change(&self.path, self.drop_self);
+    }
+}
+
+/// Names per page of a listing (S3 ListObjectsV2 returns at most 1000 keys
+/// per request): the cost of re-listing a known directory, in requests.
+const LIST_PAGE: usize = 1000;
 
 impl Memo {
     fn bound<V>(m: &mut HashMap<String, V>, fresh: impl Fn(&V) -> bool) {
@@ -955,6 +1013,7 @@ impl Core {
             st.dirty = false;
             return Ok(());
         }
+        let _change = self.changing(&path, true);
         let Some(staged) = st.staged.as_ref() else {
             st.dirty = false;
             return Ok(());
@@ -1420,6 +1479,7 @@ impl Core {
     /// Create a symlink or special file: one object whose content is `data`
     /// and whose `mode` metadata carries the file type.
     async fn create_special(&self, ctx: &Ctx, path: &str, mode: u32, data: &[u8]) -> Result<Entry> {
+        let _change = self.changing(path, true);
         if self.exists(path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -1546,7 +1606,7 @@ impl Core {
         if let Some(l) = self.cached_listing(dir) {
             return Ok(l);
         }
-        let l = Arc::new(self.list_dir(dir).await?);
+        let l = Arc::new(self.observe_dir(dir).await?);
         let ttl = self.opts().dir_cache_ttl;
         if !ttl.is_zero() {
             let mut g = self.listings.lock().unwrap_or_else(|p| p.into_inner());
@@ -1647,6 +1707,156 @@ impl Core {
         }
         let m = self.lock_memo();
         m.dirs.get(path).filter(|(at, _)| at.elapsed() < ttl).map(|(_, meta)| meta.clone())
+    }
+
+    /// How long a [`KnownDir`] may answer "not found": the smaller of
+    /// `negative_timeout` and `dir_cache_ttl`, counted from the start of the
+    /// observation. `None` (not used) when either is 0, or on stores with
+    /// real directories (a lookup there is one cheap call, and their
+    /// listings leave out entries that are neither files nor directories).
+    fn known_ttl(&self) -> Option<Duration> {
+        let o = self.opts();
+        let ttl = o.negative_timeout.min(o.dir_cache_ttl);
+        (!ttl.is_zero() && !self.caps.native_dirs).then_some(ttl)
+    }
+
+    /// Nothing is at `path`, according to its parent's [`KnownDir`] younger
+    /// than [`Core::known_ttl`]: how much longer that holds. `hit` counts
+    /// the answer as a saved round trip.
+    fn known_absent(&self, path: &str, hit: bool) -> Option<Duration> {
+        let ttl = self.known_ttl()?;
+        if path.is_empty() {
+            return None;
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let mut m = self.lock_memo();
+        let k = m.known.get_mut(parent_of(path))?;
+        let age = k.at?.elapsed();
+        if age >= ttl || k.names.contains(name) {
+            return None;
+        }
+        k.hits += u64::from(hit);
+        Some(ttl - age)
+    }
+
+    /// Whether `dir`'s [`KnownDir`] ran out while it paid off: it answered
+    /// at least one miss per page a new listing of it takes.
+    fn known_worth_renewing(&self, dir: &str) -> bool {
+        let Some(ttl) = self.known_ttl() else { return false };
+        let m = self.lock_memo();
+        m.known.get(dir).is_some_and(|k| {
+            k.at.is_some_and(|at| at.elapsed() >= ttl) && k.hits >= (k.names.len() / LIST_PAGE + 1) as u64
+        })
+    }
+
+    /// A change at `path` is about to be made here, or was just made (or
+    /// failed, or was cancelled: the back-end may have done it anyway): its
+    /// name joins its parent's [`KnownDir`], and what was known below it,
+    /// and of itself when `drop_self`, is dropped.
+    fn note_change(&self, path: &str, drop_self: bool) {
+        let mut m = self.lock_memo();
+        if m.known.is_empty() {
+            return;
+        }
+        if !path.is_empty() {
+            let parent = parent_of(path);
+            let name = path.rsplit('/').next().unwrap_or(path);
+            if let Some(k) = m.known.get_mut(parent) {
+                k.names.insert(name.to_string());
+                if k.names.len() > MAX_KNOWN_NAMES {
+                    m.known.remove(parent);
+                }
+            }
+        }
+        let prefix = format!("{path}/");
+        m.known.retain(|k, _| !(path.is_empty() || k.starts_with(&prefix) || (drop_self && k == path)));
+    }
+
+    /// [`Core::note_change`] now and again when the returned guard drops.
+    fn changing(&self, path: &str, drop_self: bool) -> Changing<'_> {
+        self.note_change(path, drop_self);
+        Changing { core: self, path: path.to_string(), drop_self }
+    }
+
+    /// Begin observing `dir`'s complete contents; returns when it began
+    /// (`None`: known directories are off). Names changed here from now on
+    /// are collected, and the ones already known are kept (a superset stays
+    /// true; and if an observation begun earlier completes this one, the
+    /// changes since its start are all in).
+    fn begin_known(&self, dir: &str) -> Option<Instant> {
+        let ttl = self.known_ttl()?;
+        let at = Instant::now();
+        let mut m = self.lock_memo();
+        let old = m.known.remove(dir);
+        if m.known.len() >= MAX_KNOWN_DIRS {
+            m.known.retain(|_, k| k.at.is_some_and(|t| t.elapsed() < ttl));
+            if m.known.len() >= MAX_KNOWN_DIRS {
+                m.known.clear();
+            }
+        }
+        let (names, hits) = old.map(|k| (k.names, k.hits)).unwrap_or_default();
+        m.known.insert(dir.to_string(), KnownDir { at: None, names, hits });
+        Some(at)
+    }
+
+    /// Complete the observation of `dir` begun at `at` with the names the
+    /// back-end had; nothing if a change at or above `dir` dropped it, or
+    /// another observation replaced it, meanwhile.
+    fn finish_known(&self, dir: &str, at: Instant, names: impl IntoIterator<Item = String>) {
+        let mut m = self.lock_memo();
+        let Some(k) = m.known.get_mut(dir).filter(|k| k.at.is_none()) else { return };
+        k.names.extend(names);
+        if k.names.len() > MAX_KNOWN_NAMES {
+            m.known.remove(dir);
+            return;
+        }
+        k.at = Some(at);
+        let total: usize = m.known.values().map(|k| k.names.len()).sum();
+        if total > MAX_KNOWN_TOTAL {
+            let d = dir.to_string();
+            m.known.retain(|k, _| *k == d);
+        }
+    }
+
+    /// An observation of `dir` that failed: drop it.
+    fn abandon_known(&self, dir: &str) {
+        let mut m = self.lock_memo();
+        if m.known.get(dir).is_some_and(|k| k.at.is_none()) {
+            m.known.remove(dir);
+        }
+    }
+
+    /// A full listing of `dir`, kept as its [`KnownDir`] (and returned).
+    async fn observe_dir(&self, dir: &str) -> Result<Vec<Listed>> {
+        let Some(at) = self.begin_known(dir) else { return self.list_dir(dir).await };
+        match self.list_dir(dir).await {
+            Ok(l) => {
+                self.finish_known(dir, at, l.iter().map(|e| e.name.clone()));
+                Ok(l)
+            }
+            Err(e) => {
+                self.abandon_known(dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// A LOOKUP's "not found" without a round trip: from the parent's
+    /// [`KnownDir`], renewed with one listing first when it ran out while
+    /// paying off. Returns how long the answer holds.
+    async fn known_miss(&self, path: &str) -> Option<Duration> {
+        if let Some(v) = self.known_absent(path, true) {
+            return Some(v);
+        }
+        let dir = parent_of(path);
+        if path.is_empty() || !self.known_worth_renewing(dir) {
+            return None;
+        }
+        if let Err(e) = self.observe_dir(dir).await {
+            tracing::debug!(dir, error = %e, "renewing a known directory failed");
+            return None;
+        }
+        self.known_absent(path, true)
     }
 
     /// The listing part of [`Core::forget_listing`].
@@ -1772,6 +1982,10 @@ impl Filesystem for ObjectFs {
             Some(Some(m)) => Ok(m),
             Some(None) => Err(Errno::ENOENT),
             None => {
+                if let Some(valid) = self.known_miss(&path).await {
+                    // A negative entry for as long as the knowledge holds.
+                    return Ok(Entry { entry_valid: valid, ..Entry::default() });
+                }
                 let r = self.stat_path(&path).await;
                 match &r {
                     Err(Errno::ENOENT) => self.note_miss(&path),
@@ -1911,21 +2125,33 @@ impl Filesystem for ObjectFs {
 
     async fn mkdir(&self, ctx: &Ctx, parent: u64, name: &[u8], mode: u32, _umask: u32) -> Result<Entry> {
         let path = self.dir_child(parent, name)?;
+        let _change = self.changing(&path, false);
+        // Nothing at `path` means nothing below it either: once created, the
+        // directory's contents are known (empty, as of `at`).
+        let at = Instant::now();
         if self.exists(&path).await?.is_some() {
             return Err(Errno::EEXIST);
         }
+        let known = self.begin_known(&path).is_some();
         // On object stores the marker keeps no metadata: the requested mode
         // is shown until the attribute TTL expires, then the default (see
         // SEMANTICS.md); showing it now keeps `mkdir -m` from failing.
         let posix = self.new_posix(ctx, libc::S_IFDIR | (mode & 0o7777));
-        self.backend.create_dir_with(&path, &posix).await?;
+        if let Err(e) = self.backend.create_dir_with(&path, &posix).await {
+            self.abandon_known(&path);
+            return Err(e.into());
+        }
         self.forget_listing(&path);
+        if known {
+            self.finish_known(&path, at, []);
+        }
         let id = self.inodes.lookup(&path, Kind::Dir);
         Ok(self.entry(id, self.attr(id, Kind::Dir, 0, Some(now()), &posix)))
     }
 
     async fn unlink(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
         let path = self.dir_child(parent, name)?;
+        let _change = self.changing(&path, true);
         if let Some((id, _)) = self.local_new_file(&path) {
             if let Some(f) = self.open_file(id) {
                 let mut st = f.state.lock().await;
@@ -1958,6 +2184,7 @@ impl Filesystem for ObjectFs {
 
     async fn rmdir(&self, _ctx: &Ctx, parent: u64, name: &[u8]) -> Result<()> {
         let path = self.dir_child(parent, name)?;
+        let _change = self.changing(&path, true);
         let meta = self.stat_path(&path).await?;
         if meta.kind != EntryKind::Dir {
             return Err(Errno::ENOTDIR);
@@ -1992,6 +2219,7 @@ impl Filesystem for ObjectFs {
         let noreplace = flags & RENAME_NOREPLACE != 0;
         let from = self.dir_child(parent, name)?;
         let to = self.dir_child(newparent, newname)?;
+        let (_change_from, _change_to) = (self.changing(&from, true), self.changing(&to, true));
         let src = self.stat_path(&from).await?;
         if from == to {
             return Ok(());
@@ -2058,13 +2286,11 @@ impl Filesystem for ObjectFs {
         _umask: u32,
     ) -> Result<(Entry, u64, u32)> {
         let path = self.dir_child(parent, name)?;
-        // Right after a LOOKUP the back-end answered "not found": no second
-        // check (see `Memo` for what that gives up).
-        let existing = if self.take_miss(&path) && self.local_new_file(&path).is_none() {
-            None
-        } else {
-            self.exists(&path).await?
-        };
+        // Right after a LOOKUP the back-end answered "not found", or in a
+        // directory whose contents are known: no check (see `Memo` and
+        // `KnownDir` for what that gives up).
+        let fresh = self.take_miss(&path) || self.known_absent(&path, false).is_some();
+        let existing = if fresh && self.local_new_file(&path).is_none() { None } else { self.exists(&path).await? };
         if let Some(m) = existing {
             if m.kind == EntryKind::Dir {
                 return Err(Errno::EISDIR);
@@ -2085,6 +2311,7 @@ impl Filesystem for ObjectFs {
             };
         }
         let posix = self.new_posix(ctx, libc::S_IFREG | (mode & 0o7777));
+        self.note_change(&path, true);
         self.forget_listing_added(&path);
         let id = self.inodes.lookup(&path, Kind::File);
         let snap = Snapshot {

@@ -586,3 +586,159 @@ async fn directory_attributes_follow_creates_on_native_directories() {
     fs.getattr(&ctx(), d, None).await.unwrap();
     assert_eq!(exact(&log, "lookup d"), before + 1, "{:?}", log.lock().unwrap());
 }
+
+/// Back-end calls of `op` so far, misses included (the recorder logs only
+/// successful calls).
+fn calls(b: &Backend, op: &str) -> u64 {
+    b.stats().snapshot().iter().find(|(o, _, _)| *o == op).map(|(_, c, _)| *c).unwrap_or(0)
+}
+
+fn known_fs(b: Backend, negative_timeout: Duration) -> ObjectFs {
+    let opts = ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), negative_timeout, ..Default::default() };
+    ObjectFs::new(b, opts)
+}
+
+async fn put_small(fs: &ObjectFs, parent: u64, name: &str) {
+    let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+    let (e, fh, _) = fs.create(&ctx(), parent, name.as_bytes(), 0o644, flags, 0).await.expect("create");
+    fs.write(&ctx(), e.nodeid, fh, 0, &[b'k'; 4096], 0).await.unwrap();
+    fs.flush(&ctx(), e.nodeid, fh).await.unwrap();
+    fs.release(&ctx(), e.nodeid, fh, 0).await.unwrap();
+    fs.forget(e.nodeid, 1);
+}
+
+/// In a directory this daemon created, the small-file sequence (LOOKUP
+/// miss, CREATE, WRITE, FLUSH, RELEASE, GETATTR of the directory) costs one
+/// PUT and no lookup: the directory's contents are known. Names created
+/// here are then asked about (found, or not found after an unlink).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_directory_answers_misses_without_lookups() {
+    let (b, _) = backend("memory", None, Duration::ZERO);
+    let fs = known_fs(b.clone(), Duration::from_secs(5));
+    let d = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"d", 0o755, 0).await.unwrap().nodeid;
+    // (The directory's own attributes: asked once, then reused.)
+    fs.getattr(&ctx(), d, None).await.unwrap();
+    let (stat0, write0, list0) = (calls(&b, "stat"), calls(&b, "write"), calls(&b, "list"));
+    for i in 0..20 {
+        let name = format!("s{i}");
+        let e = fs.lookup(&ctx(), d, name.as_bytes()).await.expect("negative entry");
+        assert_eq!(e.nodeid, 0);
+        assert!(e.entry_valid > Duration::ZERO && e.entry_valid <= Duration::from_secs(5));
+        put_small(&fs, d, &name).await;
+        fs.getattr(&ctx(), d, None).await.unwrap();
+    }
+    assert_eq!(calls(&b, "stat") - stat0, 0, "no lookups");
+    assert_eq!(calls(&b, "list") - list0, 0, "no listings");
+    assert_eq!(calls(&b, "write") - write0, 20, "one PUT per file");
+    for i in 0..20 {
+        assert_eq!(b.read(&format!("d/s{i}"), 0, 8192).await.unwrap().len(), 4096);
+    }
+    // Names created here are asked about: found, and not found once gone.
+    let e = fs.lookup(&ctx(), d, b"s3").await.unwrap();
+    assert_ne!(e.nodeid, 0);
+    fs.forget(e.nodeid, 1);
+    fs.unlink(&ctx(), d, b"s3").await.unwrap();
+    let stat1 = calls(&b, "stat");
+    assert!(misses(&fs, d, b"s3").await);
+    assert_eq!(calls(&b, "stat") - stat1, 1, "an unlinked name is asked about");
+    let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+    assert_eq!(fs.create(&ctx(), d, b"s4", 0o644, flags, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+}
+
+/// Another client's objects and directories: not seen from the knowledge
+/// while it is younger than `negative_timeout` (the accepted staleness),
+/// seen once it is older; a directory created elsewhere is never known.
+/// Without `negative_timeout` (the default) nothing is known at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_directory_sees_other_writers_after_negative_timeout() {
+    let neg = Duration::from_millis(400);
+    let excl = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32;
+    let none = PosixMeta::default();
+
+    // Default configuration: an object put right after the mkdir is seen.
+    let (b0, _) = backend("memory", None, Duration::ZERO);
+    let fs0 =
+        ObjectFs::new(b0.clone(), ObjectFsOptions { dir_cache_ttl: Duration::from_secs(60), ..Default::default() });
+    let d0 = fs0.mkdir(&ctx(), FUSE_ROOT_ID, b"d", 0o755, 0).await.unwrap().nodeid;
+    b0.write("d/theirs", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    assert!(!misses(&fs0, d0, b"theirs").await);
+    assert_eq!(fs0.create(&ctx(), d0, b"theirs", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+
+    let (b, _) = backend("memory", None, Duration::ZERO);
+    let fs = known_fs(b.clone(), neg);
+    // A directory created here, then an object put in it by someone else:
+    // within `negative_timeout` of the mkdir it is not seen (and the kernel
+    // may keep the miss only for the rest of that time) ...
+    let d = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"d", 0o755, 0).await.unwrap().nodeid;
+    b.write("d/theirs", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    let e = fs.lookup(&ctx(), d, b"theirs").await.unwrap();
+    assert_eq!(e.nodeid, 0);
+    assert!(e.entry_valid <= neg);
+    // ... after it, it is: LOOKUP finds it and O_EXCL fails.
+    std::thread::sleep(neg + Duration::from_millis(50));
+    b.write("d/later", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    assert_eq!(fs.create(&ctx(), d, b"later", 0o644, excl, 0).await.err(), Some(crate::fuse::Errno::EEXIST));
+    assert_eq!(b.read("d/later", 0, 100).await.unwrap(), Bytes::from_static(b"theirs"));
+    let e = fs.lookup(&ctx(), d, b"theirs").await.unwrap();
+    assert_ne!(e.nodeid, 0);
+    fs.forget(e.nodeid, 1);
+
+    // A full listing (READDIR) makes the root known: an object and a
+    // directory put after it are not seen until the listing is older than
+    // `negative_timeout`. (A file created here drops the cached listing
+    // itself, which is reused for `dir_cache_ttl`; the knowledge stays.)
+    assert_eq!(ls(&fs, FUSE_ROOT_ID).await, 1);
+    put_small(&fs, FUSE_ROOT_ID, "mine").await;
+    b.write("late", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    b.create_dir("ext").await.unwrap();
+    assert!(misses(&fs, FUSE_ROOT_ID, b"late").await);
+    assert!(misses(&fs, FUSE_ROOT_ID, b"ext").await);
+    std::thread::sleep(neg + Duration::from_millis(50));
+    assert!(!misses(&fs, FUSE_ROOT_ID, b"late").await);
+    let ext = fs.lookup(&ctx(), FUSE_ROOT_ID, b"ext").await.unwrap();
+    assert_eq!(ext.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    // Inside the directory created elsewhere nothing is known: every miss
+    // is asked, and another client's object is seen at once.
+    let stat0 = calls(&b, "stat");
+    assert!(misses(&fs, ext.nodeid, b"x").await);
+    assert_eq!(calls(&b, "stat") - stat0, 1);
+    b.write("ext/x", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    assert!(!misses(&fs, ext.nodeid, b"x").await);
+}
+
+/// Knowledge that ran out while it was answering misses is renewed by one
+/// listing, which sees what others put meanwhile; knowledge of a directory
+/// renamed over, or of one renamed away, is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_directory_is_renewed_by_one_listing_and_dropped_by_renames() {
+    let neg = Duration::from_millis(300);
+    let none = PosixMeta::default();
+    let (b, _) = backend("memory", None, Duration::ZERO);
+    let fs = known_fs(b.clone(), neg);
+    let d = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"d", 0o755, 0).await.unwrap().nodeid;
+    for i in 0..3 {
+        assert!(misses(&fs, d, format!("a{i}").as_bytes()).await);
+        put_small(&fs, d, &format!("a{i}")).await;
+    }
+    b.write("d/theirs", Bytes::from_static(b"theirs"), &none).await.unwrap();
+    std::thread::sleep(neg + Duration::from_millis(50));
+    let (stat0, list0) = (calls(&b, "stat"), calls(&b, "list"));
+    assert!(misses(&fs, d, b"b0").await);
+    assert!(misses(&fs, d, b"b1").await);
+    assert_eq!((calls(&b, "list") - list0, calls(&b, "stat") - stat0), (1, 0), "one listing renewed it");
+    // The renewed knowledge has the other client's object: asked, found.
+    assert!(!misses(&fs, d, b"theirs").await);
+
+    // A directory known empty, then renamed over by one with a file: its
+    // knowledge must not hide the file.
+    let a = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"a", 0o755, 0).await.unwrap().nodeid;
+    put_small(&fs, a, "x").await;
+    let c = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"c", 0o755, 0).await.unwrap().nodeid;
+    assert!(misses(&fs, c, b"x").await);
+    fs.rename(&ctx(), FUSE_ROOT_ID, b"a", FUSE_ROOT_ID, b"c", 0).await.unwrap();
+    let c = fs.lookup(&ctx(), FUSE_ROOT_ID, b"c").await.unwrap().nodeid;
+    assert!(!misses(&fs, c, b"x").await, "x moved into c");
+    // And the old name, created again here, starts empty.
+    let a = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"a", 0o755, 0).await.unwrap().nodeid;
+    assert!(misses(&fs, a, b"x").await);
+}
