@@ -21,7 +21,10 @@
 //! maps user metadata to them). The back-end reads them directly for listed
 //! entries (so `list` returns the same `posix` as `lookup`, see
 //! [`Caps::listing_has_posix`]) and writes them in place for `set_posix` and
-//! `create_dir_with` (files and directories, no content rewrite).
+//! `create_dir_with` (files and directories, no content rewrite). File
+//! contents are read from the local file directly too (one `pread` of the
+//! file's real size on the blocking pool; see `Backend::direct_read_path`),
+//! except when fault injection is configured.
 //!
 //! The `memory` service stores no user metadata, but it lives entirely in
 //! this process, so the back-end keeps its POSIX attributes beside it in a
