@@ -761,8 +761,73 @@ fn parse_dax_window(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Threads of the runtime's blocking pool: the `fs` service's file I/O
+/// (OpenDAL runs every call there), DAX map requests, reload parsing. A fixed
+/// set, all started with the runtime ([`runtime`]) and kept: a pool that grew
+/// on demand started new threads (each with its stack and a malloc arena)
+/// whenever a burst of requests met a busy pool, so the daemon's memory rose
+/// with the highest concurrency seen long after start; calls beyond this many
+/// wait for a free thread.
+const BLOCKING_THREADS: usize = 64;
+/// How long an idle blocking thread stays (tokio's default is 10 s): the set
+/// started with the runtime is not churned by pauses in the load.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ovfs-worker").build()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ovfs-worker")
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .build()?;
+    // Start the whole blocking pool now: each thread waits at the barrier
+    // until all are running, so the pool cannot hand two of these to one
+    // thread; a small allocation binds each thread's malloc arena too.
+    let barrier = Arc::new(std::sync::Barrier::new(BLOCKING_THREADS));
+    let started: Vec<_> = (0..BLOCKING_THREADS)
+        .map(|_| {
+            let b = barrier.clone();
+            rt.spawn_blocking(move || {
+                std::hint::black_box(vec![0u8; 64]);
+                b.wait();
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        for h in started {
+            h.await.map_err(std::io::Error::other)?;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    #[cfg(target_env = "gnu")]
+    rt.spawn(trim_heap());
+    Ok(rt)
+}
+
+/// How often freed heap memory is handed back to the kernel ([`trim_heap`]).
+#[cfg(target_env = "gnu")]
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Give the pages glibc's malloc keeps free back to the kernel, every
+/// [`TRIM_EVERY`]. malloc returns memory to the system only from the top of
+/// each arena; the free chunks a burst of concurrent requests leaves inside
+/// the arenas (request buffers, replies) stay resident, so the daemon's
+/// resident memory rose with each new peak of concurrency while the memory
+/// it really held stayed flat (heaptrack: under 50 KiB of live growth over a
+/// load run; docs/SECURITY.md, "Load"). `malloc_trim(0)` releases every whole
+/// free page of every arena; it takes each arena's lock for a walk of its
+/// free lists (microseconds on this daemon's heaps).
+#[cfg(target_env = "gnu")]
+async fn trim_heap() {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim has no preconditions; it only walks malloc's own state under its locks.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Entry point; returns the process exit status.

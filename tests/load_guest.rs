@@ -3,7 +3,9 @@
 //! rename, readdir, unlink in a directory of their own and in one shared
 //! directory — for `OVFS_LOAD_SECS` seconds (default 60 in CI; the long form
 //! is 600). The back-end is a host directory (`--shared-dir DIR --opendal-fs`),
-//! so the daemon's memory does not grow with stored data. Checked:
+//! so the daemon's memory does not grow with stored data; its data cache is
+//! bounded at 16 MiB (`memory_limit`) so that it is full, and evicting,
+//! before warm-up ends. Checked:
 //! - completion: every worker finishes and the guest reports no failed
 //!   operation and no wrong byte (`LOAD-ERR`);
 //! - no stuck request: the daemon's latency histogram (`--metrics-addr`,
@@ -13,8 +15,12 @@
 //! - flat memory: the daemon's resident anonymous memory (`RssAnon` in
 //!   `/proc/PID/status`, sampled from the host every second) after warm-up
 //!   stays within 10% of its value at the end of warm-up (long form,
-//!   `OVFS_LOAD_SECS >= 300`; the 60 s CI form, whose warm-up is too short
-//!   under TCG, checks 100%, a gross-leak bound). Not VmRSS: that also counts
+//!   `OVFS_LOAD_SECS >= 300`; the 60 s CI form, whose 15 s warm-up is short
+//!   under TCG, checks 40%: it catches a leak like the fs read buffers that
+//!   grew 38-186% in that form, while a fixed daemon measures +13-18%).
+//!   The value at the end of warm-up is the median of the samples in its
+//!   last 30 s (half of it when shorter): the heap is trimmed every 5 s
+//!   (src/cli.rs), so single samples move by a few hundred KiB. Not VmRSS: that also counts
 //!   shared memory — the pages of the guest's RAM (a memfd the daemon maps)
 //!   that requests touched, which follows the guest's page cache, and the
 //!   data cache's memfd pool — not the daemon's heap; RssShmem is printed
@@ -92,7 +98,16 @@ fn guest_load_64_processes() {
     let share = work.share("share");
     let sock = work.sock("fs.sock");
     let msock = work.sock("metrics.sock");
+    // The data cache bounded at 16 MiB: it fills within warm-up and then
+    // evicts, so its index (heap) reaches its steady size too. With the
+    // default 256 MiB it would still be filling after 10 minutes of this
+    // workload, its index growing with it.
+    let config = work.p("ovfs.toml");
+    fs::write(&config, "[cache_settings]\nmemory_limit = \"16MiB\"\n\n[storage_settings]\ntype = \"memory\"\n")
+        .expect("write config");
     let args: Vec<OsString> = vec![
+        "--config".into(),
+        config.into(),
         "--shared-dir".into(),
         share.clone().into(),
         "--opendal-fs".into(),
@@ -157,7 +172,6 @@ fn guest_load_64_processes() {
         .find_map(|l| l.trim().strip_prefix("LOAD-DONE ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no LOAD-DONE\n{}", context()));
     assert!(errs.is_empty(), "{} failed operations:\n{}\n{}", errs.len(), errs.join("\n"), context());
-    assert!(stuck.is_empty(), "workers without progress for {STUCK_S} s:\n{}", stuck.join("\n"));
     assert_eq!(workers, PROCS, "every worker finished");
     assert!(total >= PROCS as u64, "every worker did at least one iteration ({total} in all)");
 
@@ -174,19 +188,24 @@ fn guest_load_64_processes() {
         .collect();
     eprintln!("[load_guest] at LOAD-DONE: {}", gauges.join(", "));
     assert!(requests > 1000, "the metrics saw the load ({requests} requests)");
-    assert_eq!(over, 0, "requests slower than 10 s");
 
     // Flat memory after warm-up.
     let load_s = secs as f64;
     let warm = (load_s / 4.0).max(15.0);
     let post: Vec<u64> = samples.iter().filter(|(t, _, _)| *t >= warm && *t <= load_s - 5.0).map(|s| s.1).collect();
     assert!(post.len() >= 5, "too few RSS samples after warm-up: {samples:?}");
-    let base = post[0];
+    let window = (warm / 2.0).min(30.0);
+    let mut end_of_warm: Vec<u64> =
+        samples.iter().filter(|(t, _, _)| *t >= warm - window && *t < warm).map(|s| s.1).collect();
+    assert!(end_of_warm.len() >= 3, "too few RSS samples at the end of warm-up: {samples:?}");
+    end_of_warm.sort_unstable();
+    let base = end_of_warm[end_of_warm.len() / 2];
     let (min, max) = (*post.iter().min().unwrap(), *post.iter().max().unwrap());
     let growth = max as f64 / base as f64 - 1.0;
     eprintln!(
         "[load_guest] {PROCS} processes, {secs} s: {total} iterations, {requests} requests, {in_flight} in flight at \
-         LOAD-DONE, 0 over 10 s; RssAnon after {warm:.0} s warm-up: {base} KiB at its end, min {min}, max {max} KiB \
+         LOAD-DONE, {over} over 10 s; RssAnon after {warm:.0} s warm-up: {base} KiB at its end (median of its last \
+         {window:.0} s), then min {min}, max {max} KiB \
          ({:+.1}%), {} samples; peak during warm-up {} KiB",
         growth * 100.0,
         post.len(),
@@ -202,10 +221,17 @@ fn guest_load_64_processes() {
     let th: Vec<String> = threads.iter().step_by(step).map(|n| n.to_string()).collect();
     eprintln!("[load_guest] daemon threads, same samples: {}", th.join(", "));
     // The 10% bound needs a real warm-up: in the 60 s CI form (15 s warm-up
-    // under TCG) RssAnon still climbs (+12%, +52%, +43% in three runs), so it
-    // only guards against a gross leak (doubling); the long form
-    // (OVFS_LOAD_SECS >= 300) checks 10% (docs/SECURITY.md: it fails today).
-    let bound = if secs >= 300 { 0.10 } else { 1.0 };
+    // under TCG) RssAnon still climbs by 13-18% as the first bursts of
+    // concurrency fill malloc's arenas, so it checks 40%; the long form
+    // (OVFS_LOAD_SECS >= 300) checks 10% (docs/SECURITY.md, "Load").
+    let bound = if secs >= 300 { 0.10 } else { 0.40 };
+    // Liveness, judged after the figures above are printed.
+    assert!(
+        stuck.is_empty(),
+        "workers without progress for {STUCK_S} s (the daemon saw {over} requests over 10 s):\n{}",
+        stuck.join("\n")
+    );
+    assert_eq!(over, 0, "requests slower than 10 s");
     assert!(
         growth <= bound,
         "RssAnon grew {:.1}% after warm-up (from {base} to {max} KiB; bound {:.0}%)",

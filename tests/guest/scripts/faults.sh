@@ -8,11 +8,16 @@
 #   SYNCED <name> <src>          (the host then expects <name> in the bucket with <src>'s bytes)
 # and RENAMED <old> <new>, DELETED <name>, RENAME-EIO <old> <new>, DELETE-EIO <name>, WRITE-EIO <name> <src>.
 # Phase 1 (faults): ovfs.rounds=N rounds over every /data file.
+# Phase 1b (HTTP faults): when ovfs.pxrounds=N > 0, prints PROXY-START, runs N rounds in the
+# directory px (a mount whose S3 traffic goes through the host's fault-injecting proxy) over the
+# /data files of at most ovfs.pxmax bytes (default 1 MiB), prints PROXY-DONE.
 # Phase 2 (outage): prints OUTAGE-READY, then loops writing/reading o<k> files until the host's
 # marker object `outage-over` is visible (the host paused S3 and resumed it), then RECOVERY
 # writes (RECOVERED <ok> of <tries>). Ends with COUNT lines and FAULTS-DONE.
 set -u
 ROUNDS=${OVFS_ROUNDS:-1}
+PXROUNDS=${OVFS_PXROUNDS:-0}
+PXMAX=${OVFS_PXMAX:-1048576}
 RECOVERY=${OVFS_RECOVERY:-3}
 OUTAGE_MAX=${OVFS_OUTAGE_MAX:-300}
 err=/tmp/err
@@ -46,10 +51,13 @@ check() {
   esac
 }
 
+# round <r> [<src>...]: the /data files given (default all)
 round() {
   r=$1
+  shift
+  srcs=${*:-$(ls /data)}
   names=''
-  for src in $(ls /data); do
+  for src in $srcs; do
     if write "w$r-$src" "$src"; then names="$names w$r-$src:$src"; fi
   done
   sync; echo 3 >/proc/sys/vm/drop_caches
@@ -79,6 +87,17 @@ round() {
 r=0
 while [ "$r" -lt "$ROUNDS" ]; do r=$((r + 1)); round "$r"; done
 echo "PHASE1-DONE"
+
+if [ "$PXROUNDS" -gt 0 ]; then
+  small=''
+  for src in $(ls /data); do [ "$(stat -c %s "/data/$src")" -le "$PXMAX" ] && small="$small $src"; done
+  echo "PROXY-START"
+  cd px || { echo "OP cd ERR px"; exit 1; }
+  r=0
+  while [ "$r" -lt "$PXROUNDS" ]; do r=$((r + 1)); round "x$r" $small; done
+  cd ..
+  echo "PROXY-DONE"
+fi
 
 # Phase 2: outage.
 echo "OUTAGE-READY"
