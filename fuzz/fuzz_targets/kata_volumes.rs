@@ -97,9 +97,14 @@ fuzz_target!(|data: &[u8]| {
     // Profile names are echoed ("no profile `x`"); other values never.
     // Only values with a character no refusal text has are checked
     // (a value such as "missing" is in the fixed text).
-    let mut profile_names: Vec<&str> =
-        ann.iter().filter(|(k, _)| k.ends_with(".profile")).map(|(_, v)| v.as_str()).collect();
-    profile_names.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut quoted: Vec<String> = ann
+        .iter()
+        .filter(|(k, _)| k.ends_with(".profile"))
+        .map(|(_, v)| v.as_str())
+        .chain(key_parts.iter().copied())
+        .map(|p| format!("`{p}`"))
+        .collect();
+    quoted.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let mut values: Vec<&str> = Vec::new();
     if !refused.is_empty() {
         for (k, v) in &ann {
@@ -123,11 +128,12 @@ fuzz_target!(|data: &[u8]| {
         if !values.iter().any(|v| line.contains(v)) {
             continue;
         }
-        // Profile names are echoed quoted: a value may match across the end
-        // of one and the quote after it (`{{{{` + "`" holds the value "{`").
+        // Profile names, volume names and keys are echoed in quotes: a value
+        // may match across the end of one and the quote after it (`{{{{` +
+        // "`" holds the value "{`"), so the quoted forms go first.
         let mut stripped = line.clone();
-        for p in &profile_names {
-            stripped = stripped.replace(&format!("`{p}`"), "");
+        for p in &quoted {
+            stripped = stripped.replace(p.as_str(), "");
         }
         for p in &key_parts {
             stripped = stripped.replace(p, "");
