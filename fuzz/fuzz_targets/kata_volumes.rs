@@ -85,6 +85,13 @@ fuzz_target!(|data: &[u8]| {
         if let Some(rest) = k.strip_prefix(PREFIX) {
             key_parts.push(rest);
             key_parts.extend(rest.split('.'));
+            // A volume name is what comes before the key's last part, and
+            // may hold dots itself ("e.p{" of "e.p{.profile"): every
+            // dot-bounded prefix and suffix of the rest is key text too.
+            for (i, _) in rest.match_indices('.') {
+                key_parts.push(&rest[..i]);
+                key_parts.push(&rest[i + 1..]);
+            }
         }
     }
     key_parts.retain(|p| !p.is_empty());
