@@ -551,6 +551,11 @@ fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
 
+/// The last component of `path` (the whole of it at the top level).
+fn name_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 fn name_str(name: &[u8]) -> Result<&str> {
     std::str::from_utf8(name).map_err(|_| Errno::EINVAL)
 }
@@ -1421,7 +1426,7 @@ impl Core {
             if parent_of(&p) != path || p.is_empty() {
                 continue;
             }
-            let name = p.rsplit('/').next().unwrap_or(&p).to_string();
+            let name = name_of(&p).to_string();
             if out.iter().all(|l| l.name != name) {
                 out.push(Listed {
                     name,
@@ -1630,7 +1635,7 @@ impl Core {
             return None;
         }
         let l = self.cached_listing(parent_of(path))?;
-        let name = path.rsplit('/').next().unwrap_or(path);
+        let name = name_of(path);
         match l.iter().find(|e| e.name == name) {
             Some(e) => e.meta.clone().map(Some),
             None => Some(None),
@@ -1728,7 +1733,7 @@ impl Core {
         if path.is_empty() {
             return None;
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
+        let name = name_of(path);
         let mut m = self.lock_memo();
         let k = m.known.get_mut(parent_of(path))?;
         let age = k.at?.elapsed();
@@ -1760,7 +1765,7 @@ impl Core {
         }
         if !path.is_empty() {
             let parent = parent_of(path);
-            let name = path.rsplit('/').next().unwrap_or(path);
+            let name = name_of(path);
             if let Some(k) = m.known.get_mut(parent) {
                 k.names.insert(name.to_string());
                 if k.names.len() > MAX_KNOWN_NAMES {
