@@ -73,6 +73,13 @@ root = "$2"
 EOC
 }
 ovfs_cfg "$W/ovfs.toml" /
+# ovfs's cache lines for the mounts and the guest alike: a listing cache and negative entries
+# (rclone keeps listings 5 min by default, s3fs caches stat results 15 min), listing attributes
+# (ls -l from one listing walk), memory_limit (docs/CONFIGURATION.md)
+ovfs_cache="memory_limit = \"$memlimit\"
+dir_cache_ttl = \"30s\"
+negative_timeout = \"1s\"
+listing_attrs = true"
 printf '%s:%s\n' "$AK" "$SK" >"$W/s3fs.passwd"; chmod 600 "$W/s3fs.passwd"
 s3b() { "$S3BENCH_BIN" --config "$W/ovfs.toml" "$@"; }
 
@@ -84,10 +91,7 @@ mount_peer() {  # peer mountpoint [bucket-prefix]: mount and wait; sets mount_pi
   case "$p" in
     ovfs)
       # ls -l from one listing walk: listing cache + listing attributes (docs/CONFIGURATION.md)
-      ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "memory_limit = \"$memlimit\"
-dir_cache_ttl = \"30s\"
-negative_timeout = \"1s\"
-listing_attrs = true"
+      ovfs_cfg "$W/ovfs-m$n_mount.toml" "/$pre" "$ovfs_cache" 
       rm -f "$W/metrics.sock"
       start_bg "$W/ovfs-m$n_mount.log" "$OVFS_BIN" --metrics-addr "unix:$W/metrics.sock" mount --config "$W/ovfs-m$n_mount.toml" "$m" ;;
     rclone)
@@ -270,7 +274,7 @@ if [ "${BENCH_S3_GUEST:-1}" = 1 ]; then
       rm -f "$S/fs.sock"
       case "$d" in
         ovfs)
-          ovfs_cfg "$W/g-$d-$run.toml" "/$pre" "memory_limit = \"$memlimit\""
+          ovfs_cfg "$W/g-$d-$run.toml" "/$pre" "$ovfs_cache"
           start_bg "$W/g-$d-$run.daemon.log" "$OVFS_BIN" --config "$W/g-$d-$run.toml" --socket-path "$S/fs.sock" ;;
         virtiofsd-*)
           mount_peer "${d#virtiofsd-}" "$W/gmnt" "$pre"

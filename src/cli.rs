@@ -605,7 +605,7 @@ pub fn observe_fs(mount: &str, fs: &ObjectFs, backend: &Backend) {
     let labels = format!("mount=\"{}\"", metrics::escape(mount));
     let o = fs.observer();
     type Read = fn(&crate::vfs::object::Observer) -> Option<f64>;
-    let gauges: [(&str, &str, &'static str, Read); 9] = [
+    let gauges: [(&str, &str, &'static str, Read); 10] = [
         ("ovfs_nodes", "Nodes the guest holds (looked up, not yet forgotten).", "gauge", |o| {
             o.counts().map(|c| c.0 as f64)
         }),
@@ -623,6 +623,9 @@ pub fn observe_fs(mount: &str, fs: &ObjectFs, backend: &Backend) {
             o.cache_counters().map(|c| c.2 as f64)
         }),
         ("ovfs_cache_bytes", "Data cache pool bytes in use.", "gauge", |o| o.cache_counters().map(|c| c.3 as f64)),
+        ("ovfs_cache_blocks", "Data cache blocks held (entries of its index).", "gauge", |o| {
+            o.cache_entries().map(|n| n as f64)
+        }),
     ];
     for (name, help, kind, read) in gauges {
         let o = o.clone();
@@ -809,14 +812,16 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Give the pages glibc's malloc keeps free back to the kernel, every
-/// [`TRIM_EVERY`]. malloc returns memory to the system only from the top of
-/// each arena; the free chunks a burst of concurrent requests leaves inside
-/// the arenas (request buffers, replies) stay resident, so the daemon's
-/// resident memory rose with each new peak of concurrency while the memory
-/// it really held stayed flat (heaptrack: under 50 KiB of live growth over a
-/// load run; docs/SECURITY.md, "Load"). `malloc_trim(0)` releases every whole
-/// free page of every arena; it takes each arena's lock for a walk of its
-/// free lists (microseconds on this daemon's heaps).
+/// [`TRIM_EVERY`]. The `ovfs` binary allocates through jemalloc
+/// (src/main.rs), so this covers what still uses glibc's malloc: C code in
+/// the process, and builds of this library without jemalloc (tests, fuzz
+/// targets, other binaries). malloc returns memory to the system only from
+/// the top of each arena; the free chunks a burst of concurrent requests
+/// leaves inside the arenas stay resident. `malloc_trim(0)` releases every
+/// whole free page of every arena; it takes each arena's lock for a walk of
+/// its free lists (microseconds on this daemon's heaps). It does not undo
+/// fragmentation (pages kept by one live chunk), which is why the binary
+/// uses jemalloc (docs/SECURITY.md, "Load").
 #[cfg(target_env = "gnu")]
 async fn trim_heap() {
     let mut tick = tokio::time::interval(TRIM_EVERY);

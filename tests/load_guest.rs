@@ -63,6 +63,16 @@ fn scrape(sock: &std::path::Path) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The sum of a gauge's samples over its label sets (`prefix` ends at `{`).
+fn gauge_sum(metrics: &str, prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 fn proc_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .map(|s| s.lines().any(|l| l.starts_with("State:") && !l.contains("zombie")))
@@ -121,9 +131,11 @@ fn guest_load_64_processes() {
     // (seconds since LOAD-START, RssAnon KiB, RssShmem KiB), and the metrics scraped once the
     // guest reports LOAD-DONE (before it powers off and the daemon exits).
     let done = AtomicBool::new(false);
-    let (boot, (samples, metrics, threads)) = std::thread::scope(|s| {
+    let (boot, (samples, metrics, threads, blocks)) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+            // (seconds since LOAD-START, data cache blocks): the cache's index is heap.
+            let mut blocks: Vec<(f64, u64)> = Vec::new();
             let mut threads: Vec<u64> = Vec::new();
             let mut start: Option<Instant> = None;
             let mut metrics = None;
@@ -147,12 +159,15 @@ fn guest_load_64_processes() {
                 // The guest waits a few seconds after LOAD-DONE: scrape then.
                 if start.is_some() && !matches!(metrics, Some((_, true))) && proc_alive(pid) {
                     if let Some(m) = scrape(&msock) {
+                        if let (Some(t0), false) = (start, finished) {
+                            blocks.push((t0.elapsed().as_secs_f64(), gauge_sum(&m, "ovfs_cache_blocks{")));
+                        }
                         metrics = Some((m, finished));
                     }
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            (samples, metrics, threads)
+            (samples, metrics, threads, blocks)
         });
         let opts = BootOpts { timeout_s: (secs + 900) as u32, ..BootOpts::default() };
         let cmdline = format!("ovfs.procs={PROCS} ovfs.secs={secs} ovfs.stuck={STUCK_S}");
@@ -220,6 +235,9 @@ fn guest_load_64_processes() {
     eprintln!("[load_guest] RssAnon series: {}", series.join(", "));
     let th: Vec<String> = threads.iter().step_by(step).map(|n| n.to_string()).collect();
     eprintln!("[load_guest] daemon threads, same samples: {}", th.join(", "));
+    let bstep = (blocks.len() / 20).max(1);
+    let bs: Vec<String> = blocks.iter().step_by(bstep).map(|(t, n)| format!("{t:.0}s {n}")).collect();
+    eprintln!("[load_guest] data cache blocks: {}", bs.join(", "));
     // The 10% bound needs a real warm-up: in the 60 s CI form (15 s warm-up
     // under TCG) RssAnon still climbs by 13-18% as the first bursts of
     // concurrency fill malloc's arenas, so it checks 40%; the long form

@@ -305,6 +305,11 @@ impl Observer {
         self.0.upgrade().and_then(|c| c.cache.as_ref().map(|cache| cache.counters()))
     }
 
+    /// Blocks in the data cache's index.
+    pub fn cache_entries(&self) -> Option<usize> {
+        self.0.upgrade().and_then(|c| c.cache.as_ref().map(|cache| cache.entries()))
+    }
+
     /// Bytes uploaded by streaming writers, uploads by the write-back flusher.
     pub fn uploads(&self) -> Option<(u64, u64)> {
         self.0.upgrade().map(|c| (c.streamed.load(Ordering::Relaxed), c.flushed.load(Ordering::Relaxed)))
