@@ -19,8 +19,9 @@
 //!   under TCG, checks 40%: it catches a leak like the fs read buffers that
 //!   grew 38-186% in that form, while a fixed daemon measures +13-18%).
 //!   The value at the end of warm-up is the median of the samples in its
-//!   last 30 s (half of it when shorter): the heap is trimmed every 5 s
-//!   (src/cli.rs), so single samples move by a few hundred KiB. Not VmRSS: that also counts
+//!   last 30 s (half of it when shorter): the allocator (jemalloc,
+//!   src/main.rs) hands unused pages back on a 1 s decay, so single samples
+//!   move by a few hundred KiB. Not VmRSS: that also counts
 //!   shared memory — the pages of the guest's RAM (a memfd the daemon maps)
 //!   that requests touched, which follows the guest's page cache, and the
 //!   data cache's memfd pool — not the daemon's heap; RssShmem is printed
@@ -239,8 +240,8 @@ fn guest_load_64_processes() {
     let bs: Vec<String> = blocks.iter().step_by(bstep).map(|(t, n)| format!("{t:.0}s {n}")).collect();
     eprintln!("[load_guest] data cache blocks: {}", bs.join(", "));
     // The 10% bound needs a real warm-up: in the 60 s CI form (15 s warm-up
-    // under TCG) RssAnon still climbs by 13-18% as the first bursts of
-    // concurrency fill malloc's arenas, so it checks 40%; the long form
+    // under TCG) RssAnon may still climb as the first bursts of concurrency
+    // fill the allocator's arenas, so it checks 40%; the long form
     // (OVFS_LOAD_SECS >= 300) checks 10% (docs/SECURITY.md, "Load").
     let bound = if secs >= 300 { 0.10 } else { 0.40 };
     // Liveness, judged after the figures above are printed.
