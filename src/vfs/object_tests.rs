@@ -192,8 +192,8 @@ async fn stream_sends_each_complete_part_at_once() {
     write_all(&fs, ino, fh, &small, MIB / 2).await;
     assert_eq!(fs.streamed_bytes(), 0, "under two parts: nothing streamed");
     fs.fsync(&ctx(), ino, fh, false).await.unwrap();
+    assert_eq!(fs.streamed_bytes(), 0, "uploaded whole at fsync");
     fs.release(&ctx(), ino, fh, 0).await.unwrap();
-    assert_eq!(count(&log, "part small"), 0, "one PUT");
     assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), small);
 
     let (ino, fh) = create(&fs, "big").await;
@@ -790,10 +790,10 @@ fn part_buffers_are_reused_and_bounded() {
     assert_eq!(&a[..], &data[..MIB]);
     let ptr = a.as_ptr();
     drop(a);
-    let b = pool.read(&s, MIB, MIB).unwrap();
+    let b = pool.read(&s, MIB as u64, MIB).unwrap();
     assert_eq!(b.as_ptr(), ptr, "the returned buffer is reused");
     assert_eq!(&b[..], &data[MIB..2 * MIB]);
-    let tail = pool.read(&s, 2 * MIB + 5, MIB).unwrap();
+    let tail = pool.read(&s, (2 * MIB + 5) as u64, MIB).unwrap();
     assert_eq!(&tail[..], &data[2 * MIB + 5..], "short at the end of the file");
     let more: Vec<_> = (0..4).map(|i| pool.read(&s, i * 1000, 1000).unwrap()).collect();
     drop((b, tail, more));
