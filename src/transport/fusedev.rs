@@ -44,6 +44,10 @@ impl Default for MountOptions {
     }
 }
 
+/// Requests at least this long are handed on in the read buffer itself (a
+/// fresh one is allocated for the next read) rather than copied out of it.
+const SWAP_BUFFER_AT: usize = 64 * 1024;
+
 /// A mounted `/dev/fuse` session.
 pub struct FuseMount {
     fd: Arc<OwnedFd>,
@@ -112,13 +116,16 @@ impl FuseMount {
     pub fn serve(&self, handler: Arc<dyn RequestHandler>, rt: tokio::runtime::Handle) -> io::Result<()> {
         let sem = Arc::new(tokio::sync::Semaphore::new(self.opts.max_inflight.max(1)));
         let bufsize = self.opts.max_write as usize + 64 * 1024;
-        let mut buf = vec![0u8; bufsize];
+        // Empty, with room for `bufsize` bytes (not zeroed: `read` fills it).
+        let mut buf: Vec<u8> = Vec::with_capacity(bufsize);
         let raw = self.fd.as_raw_fd();
         loop {
             let permit = rt.block_on(sem.clone().acquire_owned()).map_err(|_| io::Error::other("semaphore closed"))?;
-            // SAFETY: `buf` is valid for `bufsize` writable bytes; `raw` stays open
-            // while `self.fd` lives.
-            let n = unsafe { libc::read(raw, buf.as_mut_ptr() as *mut libc::c_void, bufsize) };
+            debug_assert!(buf.is_empty() && buf.capacity() >= bufsize);
+            // SAFETY: `buf` is empty with a capacity of at least `bufsize`, so its
+            // spare capacity is valid for `bufsize` writable bytes; `raw` stays
+            // open while `self.fd` lives.
+            let n = unsafe { libc::read(raw, buf.spare_capacity_mut().as_mut_ptr() as *mut libc::c_void, bufsize) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -130,7 +137,20 @@ impl FuseMount {
             if n == 0 {
                 return Ok(());
             }
-            let req = buf[..n as usize].to_vec();
+            let n = (n as usize).min(bufsize);
+            // SAFETY: `read` initialised the first `n` bytes of the spare
+            // capacity (`n <= bufsize <= capacity`).
+            unsafe { buf.set_len(n) };
+            // A large request (a WRITE's payload) takes the buffer itself
+            // instead of a copy of it (the next read gets a fresh one); small
+            // ones are copied so the big buffer is reused.
+            let req = if n >= SWAP_BUFFER_AT {
+                std::mem::replace(&mut buf, Vec::with_capacity(bufsize))
+            } else {
+                let req = buf.clone();
+                buf.clear();
+                req
+            };
             let h = handler.clone();
             let fd = self.fd.clone();
             rt.spawn(async move {

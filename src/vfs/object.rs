@@ -186,6 +186,54 @@ struct Stream {
     writer: ObjectWriter,
     sent: u64,
     posix: PosixMeta,
+    /// Memory of the parts handed to `writer`, reused once it is done with them.
+    parts: Arc<PartPool>,
+}
+
+/// The buffers of one streaming upload's parts. A part is read from the
+/// staging memfd into a buffer lent to the back-end writer, which gives it
+/// back when the part is uploaded; the next part reuses it instead of
+/// faulting in fresh memory (a page fault per 4 KiB page, for every byte of
+/// a large file). At most [`PART_POOL_IDLE`] buffers wait here, and they go
+/// with the stream.
+#[derive(Debug, Default)]
+struct PartPool {
+    idle: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Idle part buffers a stream keeps for reuse.
+const PART_POOL_IDLE: usize = 2;
+
+/// One part's bytes lent to the back-end; back to its pool when dropped.
+struct PooledPart {
+    buf: Vec<u8>,
+    pool: std::sync::Weak<PartPool>,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < PART_POOL_IDLE {
+                idle.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
+impl PartPool {
+    /// `[off, off + len)` of `staged` (short at EOF) in a pooled buffer.
+    fn read(self: &Arc<Self>, staged: &Staged, off: u64, len: usize) -> std::io::Result<Bytes> {
+        let mut buf = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        staged.read_into(off, len, &mut buf)?;
+        Ok(Bytes::from_owner(PooledPart { buf, pool: Arc::downgrade(self) }))
+    }
 }
 
 impl std::fmt::Debug for Stream {
@@ -1065,9 +1113,10 @@ impl Core {
             self.backend.write(&path, Bytes::from(data), &snap.posix).await?;
         } else {
             let mut w = self.backend.writer(&path, &snap.posix).await?;
+            let parts = Arc::new(PartPool::default());
             let mut off = 0u64;
             while off < size {
-                let data = match staged.read(off, part.min(size - off) as usize) {
+                let data = match parts.read(staged, off, part.min(size - off) as usize) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = w.abort().await;
@@ -1075,7 +1124,7 @@ impl Core {
                     }
                 };
                 off += data.len() as u64;
-                if let Err(e) = w.write(Bytes::from(data)).await {
+                if let Err(e) = w.write(data).await {
                     let _ = w.abort().await;
                     return Err(e.into());
                 }
@@ -1221,7 +1270,7 @@ impl Core {
     async fn finish_stream(&self, path: &str, staged: &Staged, mut stream: Stream, size: u64) -> Result<()> {
         let part = self.opts().part_size as u64;
         while stream.sent < size {
-            let data = match staged.read(stream.sent, part.min(size - stream.sent) as usize) {
+            let data = match stream.parts.read(staged, stream.sent, part.min(size - stream.sent) as usize) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = stream.writer.abort().await;
@@ -1229,7 +1278,7 @@ impl Core {
                 }
             };
             stream.sent += data.len() as u64;
-            if let Err(e) = stream.writer.write(Bytes::from(data)).await {
+            if let Err(e) = stream.writer.write(data).await {
                 let _ = stream.writer.abort().await;
                 return Err(e.into());
             }
@@ -1238,23 +1287,31 @@ impl Core {
         stream.writer.close().await.map_err(Errno::from)
     }
 
-    /// While a file that started empty is written sequentially, send every
-    /// complete part beyond the last one as it fills (the last part is kept
-    /// back so that files under two parts go out as one PUT). The back-end
-    /// writer uploads a few parts concurrently. A failure abandons the
-    /// stream: the whole file is uploaded at the durability point, unless
-    /// parts were released already (then the failure is `lost`).
+    /// While a file that started empty is written sequentially, stream it:
+    /// the upload starts once two parts are staged (so files under two parts
+    /// go out as one PUT), and from then on every part is sent as soon as it
+    /// is complete, so that the durability point has as little as possible
+    /// left to send (the back-end writer keeps one part of its own back and
+    /// uploads a few concurrently). A failure abandons the stream: the whole
+    /// file is uploaded at the durability point, unless parts were released
+    /// already (then the failure is `lost`).
     async fn stream_parts(&self, nodeid: u64, file: &OpenFile, snap_posix: &PosixMeta, st: &mut FileState) {
         let part = self.opts().part_size as u64;
         let Some(size) = st.staged.as_ref().map(|s| s.size()) else { return };
-        let sent = st.stream.as_ref().map(|s| s.sent).unwrap_or(0);
-        if !st.sequential || size < sent + 2 * part {
+        if !st.sequential {
             return;
+        }
+        match st.stream.as_ref() {
+            Some(s) if size < s.sent + part => return,
+            None if size < 2 * part => return,
+            _ => {}
         }
         if st.stream.is_none() {
             let Some((path, _, true)) = self.inodes.get_any(nodeid) else { return };
             match self.backend.writer(&path, snap_posix).await {
-                Ok(writer) => st.stream = Some(Stream { writer, sent: 0, posix: snap_posix.clone() }),
+                Ok(writer) => {
+                    st.stream = Some(Stream { writer, sent: 0, posix: snap_posix.clone(), parts: Arc::default() })
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot start a streaming upload; the file is uploaded whole later");
                     return;
@@ -1262,11 +1319,11 @@ impl Core {
             }
         }
         while let (Some(stream), Some(staged)) = (st.stream.as_mut(), st.staged.as_ref()) {
-            if size < stream.sent + 2 * part {
+            if size < stream.sent + part {
                 break;
             }
-            let r = match staged.read(stream.sent, part as usize) {
-                Ok(data) => stream.writer.write(Bytes::from(data)).await.map_err(Errno::from),
+            let r = match stream.parts.read(staged, stream.sent, part as usize) {
+                Ok(data) => stream.writer.write(data).await.map_err(Errno::from),
                 Err(e) => Err(io_err(e)),
             };
             match r {

@@ -178,6 +178,39 @@ async fn staged_bytes_stay_under_the_dirty_limit() {
     assert_eq!(fs.staged_bytes().0, 0);
 }
 
+/// Once a stream has started, every complete part goes out as soon as it is
+/// staged (none is kept back for the durability point to send), while a file
+/// under two parts is still one PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_sends_each_complete_part_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, log) = backend("fs", Some(dir.path()), Duration::ZERO);
+    let opts = ObjectFsOptions { dirty_limit: Some(64 * MIB), part_size: MIB, ..Default::default() };
+    let fs = ObjectFs::new(b.clone(), opts);
+    let (ino, fh) = create(&fs, "small").await;
+    let small = pattern(MIB + MIB / 2, 5);
+    write_all(&fs, ino, fh, &small, MIB / 2).await;
+    assert_eq!(fs.streamed_bytes(), 0, "under two parts: nothing streamed");
+    fs.fsync(&ctx(), ino, fh, false).await.unwrap();
+    assert_eq!(fs.streamed_bytes(), 0, "uploaded whole at fsync");
+    fs.release(&ctx(), ino, fh, 0).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), small);
+
+    let (ino, fh) = create(&fs, "big").await;
+    let data = pattern(5 * MIB, 6);
+    write_all(&fs, ino, fh, &data[..3 * MIB], MIB).await;
+    assert_eq!(fs.streamed_bytes(), 3 * MIB as u64, "every complete part sent while writing");
+    for (i, c) in data[3 * MIB..].chunks(MIB / 2).enumerate() {
+        fs.write(&ctx(), ino, fh, (3 * MIB + i * MIB / 2) as u64, c, 0).await.unwrap();
+    }
+    assert_eq!(fs.streamed_bytes(), 5 * MIB as u64);
+    fs.fsync(&ctx(), ino, fh, false).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("big")).unwrap(), data, "durable at fsync, whole");
+    assert_eq!(count(&log, "close big"), 1);
+    fs.release(&ctx(), ino, fh, 0).await.unwrap();
+    assert_eq!(count(&log, "close big"), 1, "nothing left for RELEASE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_file_releases_sent_parts_and_stays_correct() {
     let dir = tempfile::tempdir().unwrap();
@@ -741,4 +774,31 @@ async fn known_directory_is_renewed_by_one_listing_and_dropped_by_renames() {
     // And the old name, created again here, starts empty.
     let a = fs.mkdir(&ctx(), FUSE_ROOT_ID, b"a", 0o755, 0).await.unwrap().nodeid;
     assert!(misses(&fs, a, b"x").await);
+}
+
+/// A streamed part's buffer comes back when the back-end drops it and the
+/// next part reuses that memory; at most `PART_POOL_IDLE` wait, and none
+/// outlive the stream.
+#[test]
+fn part_buffers_are_reused_and_bounded() {
+    use super::{PartPool, PART_POOL_IDLE};
+    let mut s = super::Staged::new().unwrap();
+    let data = pattern(3 * MIB, 9);
+    s.write(0, &data).unwrap();
+    let pool = Arc::new(PartPool::default());
+    let a = pool.read(&s, 0, MIB).unwrap();
+    assert_eq!(&a[..], &data[..MIB]);
+    let ptr = a.as_ptr();
+    drop(a);
+    let b = pool.read(&s, MIB as u64, MIB).unwrap();
+    assert_eq!(b.as_ptr(), ptr, "the returned buffer is reused");
+    assert_eq!(&b[..], &data[MIB..2 * MIB]);
+    let tail = pool.read(&s, (2 * MIB + 5) as u64, MIB).unwrap();
+    assert_eq!(&tail[..], &data[2 * MIB + 5..], "short at the end of the file");
+    let more: Vec<_> = (0..4).map(|i| pool.read(&s, i * 1000, 1000).unwrap()).collect();
+    drop((b, tail, more));
+    assert_eq!(pool.idle.lock().unwrap().len(), PART_POOL_IDLE);
+    let late = pool.read(&s, 0, 10).unwrap();
+    drop(pool);
+    drop(late); // the stream is gone: freed, nothing kept
 }

@@ -103,13 +103,49 @@ impl Staged {
 
     /// Read up to `len` bytes at `off` (short at EOF).
     pub fn read(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(off, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Staged::read`] into `buf` (emptied first), reusing its memory: the
+    /// parts of a streamed upload are read here a whole part at a time.
+    pub fn read_into(&self, off: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
         if off >= self.size {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let n = (self.size - off).min(len as u64) as usize;
-        let mut buf = vec![0u8; n];
-        self.file.read_exact_at(&mut buf, off)?;
-        Ok(buf)
+        // Not zeroed first: `pread` fills every byte.
+        buf.reserve(n);
+        let mut done = 0usize;
+        while done < n {
+            let at = off + done as u64;
+            let Ok(at) = libc::off_t::try_from(at) else {
+                return Err(io::Error::from_raw_os_error(libc::EFBIG));
+            };
+            // SAFETY: `buf` has a capacity of at least `n` and its first `done`
+            // bytes are initialised, so `[done, n)` of its allocation is valid for
+            // `n - done` writable bytes; the descriptor is ours.
+            let r = unsafe {
+                libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().add(done) as *mut libc::c_void, n - done, at)
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                // The memfd is never shorter than the size: cannot happen.
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            done += r as usize;
+            // SAFETY: `pread` initialised `[.., done)`, within the capacity.
+            unsafe { buf.set_len(done) };
+        }
+        Ok(())
     }
 
     /// Write `data` at `off`, growing the file as needed.
