@@ -619,12 +619,16 @@ async fn retried_faults_sit_below_the_retry_layer() {
 
 #[tokio::test]
 async fn retries_absorb_a_high_error_rate() {
-    // Half of all OpenDAL calls fail; with 20 retries the chance that one
-    // call fails 21 times in a row is 0.5^21 (about 5e-7), so the whole
-    // suite passes.
+    // Half of all OpenDAL calls fail. A retried attempt of a streamed read
+    // is more than one call (the retry layer re-opens the stream, then reads
+    // a chunk), so it fails with a chance of at least 1 - 0.5^2 = 0.75: with
+    // 20 retries a read failed 21 times in a row about once in 400
+    // (0.75^21), and the suite's reads made this test fail in about 5% of
+    // runs (2 of 40; 0 of 40 with 200 retries). With 150 retries even three
+    // calls per attempt fail 151 times in a row with a chance of 2e-9.
     let s = BackendSettings {
         inject_error_rate: 0.5,
-        retry_max_times: 20,
+        retry_max_times: 150,
         retry_min_delay: Duration::from_millis(1),
         retry_max_delay: Duration::from_millis(2),
         ..settings()
