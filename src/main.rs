@@ -16,7 +16,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// for allocations up to 4 KiB, and unused pages handed back after 1 s
 /// instead of 10 s. Measured in the 10-minute load run: resident anonymous
 /// memory about 14 MiB and flat (+5% at most after warm-up), against about
-/// 21 MiB with jemalloc's defaults and 7-9 MiB creeping up 10-13% with
+/// 21 MiB with jemalloc's defaults and 7-9 MiB creeping up 9.8-13% with
 /// glibc's malloc (docs/SECURITY.md, "Load").
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: &[u8; 63] = b"narenas:2,tcache_max:4096,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
