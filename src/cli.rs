@@ -581,10 +581,19 @@ pub fn build_handler(cfg: &Config) -> Result<Built, String> {
 /// An [`ObjectFs`] on `storage`, with the rest of `cfg` (POSIX defaults,
 /// TTLs, data cache). No network I/O.
 pub fn build_object_fs(storage: &StorageSettings, cfg: &Config) -> Result<(ObjectFs, Backend), String> {
+    // The same mapping a reload applies to a running file system.
+    build_object_fs_with(storage, cfg, crate::reload::object_fs_options(cfg))
+}
+
+/// [`build_object_fs`] with the file-system options given (the fuzz target
+/// bounds `max_file_size`, which no configuration key sets).
+pub fn build_object_fs_with(
+    storage: &StorageSettings,
+    cfg: &Config,
+    opts: crate::vfs::ObjectFsOptions,
+) -> Result<(ObjectFs, Backend), String> {
     let backend = Backend::build(storage, &cfg.backend_settings).map_err(|e| e.to_string())?;
     let c = &cfg.cache_settings;
-    // The same mapping a reload applies to a running file system.
-    let opts = crate::reload::object_fs_options(cfg);
     let mut fs = ObjectFs::new(backend.clone(), opts).with_dax_policy(cfg.socket_settings.dax_policy.clone());
     if c.enabled_cache {
         let pool =

@@ -10,9 +10,9 @@
 //! next (as in a guest session). Every `RESET_EVERY` inputs the runtime, the
 //! server and its back-end are dropped and built afresh: the back-end holds
 //! whatever the inputs wrote, and without the reset it grew past libFuzzer's
-//! 2 GiB RSS limit after ~0.9 M inputs. The server is built from the same
-//! parts as `cli::build_object_fs` + `Server::new` (not `cli::build_server`),
-//! so a rebuild registers nothing in the process-wide metrics registry.
+//! 2 GiB RSS limit after ~0.9 M inputs. The server is built with
+//! `cli::build_object_fs_with` + `Server::new` (not `cli::build_server`), so
+//! a rebuild registers nothing in the process-wide metrics registry.
 //!
 //! Files are bounded to `MAX_FILE` (EFBIG beyond, the same check as the
 //! daemon's 1 TiB default): the memory back-end keeps every byte of an
@@ -48,15 +48,9 @@ fn fresh() -> State {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let cfg = ovfs::config::Config::default_memory();
     let server = rt.block_on(async {
-        let backend = ovfs::backend::Backend::build(&cfg.storage_settings, &cfg.backend_settings).expect("memory");
         let mut opts = ovfs::reload::object_fs_options(&cfg);
         opts.max_file_size = MAX_FILE;
-        let c = &cfg.cache_settings;
-        let pool = ovfs::cache::Pool::with_limit(c.memory_limit).expect("pool");
-        let ttl = c.enabled_cache_expiration.then_some(c.cache_expiration_time);
-        let cache = ovfs::cache::BlockCache::new(pool, ovfs::cache::CacheConfig { ttl, ..Default::default() })
-            .expect("cache");
-        let fs = ObjectFs::new(backend, opts).with_cache(cache);
+        let (fs, _backend) = ovfs::cli::build_object_fs_with(&cfg.storage_settings, &cfg, opts).expect("memory fs");
         Arc::new(Server::new(fs, ServerOptions::default()))
     });
     rt.block_on(server.dispatch(&client::init(2, u64::MAX)));
